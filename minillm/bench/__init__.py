@@ -1,0 +1,33 @@
+"""Benchmarks: `python -m minillm.bench NAME [options]`.
+
+Each benchmark is a module of this package with a `main(argv)` function. Speed
+is measured here, never in tests, and reported as a ratio against a reference
+measured in the same run (plus tokens/s and MFU where they apply), together
+with the device, library versions and date, so a reader can reproduce it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+
+BENCHMARKS = {
+    "tokenizer": "minillm.bench.tokenizer",
+    "model": "minillm.bench.model",
+}
+
+
+def environment() -> str:
+    """A one-line description of where a benchmark ran (device, versions, date)."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        import os
+
+        device = f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    return (
+        f"{device}; Python {platform.python_version()}, torch {torch.__version__}; "
+        f"{datetime.date.today().isoformat()}"
+    )
