@@ -8,12 +8,11 @@ commands here (train, generate, evaluate, finetune, quickstart).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from minillm.data import prepare_corpus
+    from minillm.tokens import prepare_corpus
 
     summary = prepare_corpus(
         args.name,
@@ -30,10 +29,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from minillm.data import DATASETS
+    from minillm.data import STDLIB, get_spec, names
 
-    for name, spec in sorted(DATASETS.items()):
-        print(f"{name:<22} {spec.description}")
+    for name in names():
+        description = "this Python's standard library sources (no download)" if name == STDLIB \
+            else get_spec(name).description
+        print(f"{name:<22} {description}")
     return 0
 
 

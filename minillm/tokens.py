@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from minillm.fileio import atomic_write, file_mode
+
 SHARD_FORMAT = "minillm-token-shards"
 SHARD_VERSION = 1
 
@@ -37,17 +39,6 @@ def shard_dtype(vocab_size: int) -> np.dtype:
     if not isinstance(vocab_size, (int, np.integer)) or not 0 < vocab_size <= 2**32:
         raise ValueError(f"vocab_size must be an int in 1..2**32, got {vocab_size!r}")
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _chunks(tokens: Any) -> Iterable[np.ndarray]:
@@ -105,6 +96,7 @@ def write_shards(
     def close_shard() -> None:
         fh, tmp, count = current
         fh.close()
+        os.chmod(tmp, file_mode())
         name = f"{prefix}_{len(shards):06d}.bin"
         os.replace(tmp, out / name)  # a shard appears only once complete
         shards.append({"file": name, "num_tokens": count})
@@ -145,7 +137,7 @@ def write_shards(
         "shards": shards,
     }
     sidecar = out / f"{prefix}.json"
-    _atomic_write(sidecar, (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(sidecar, (json.dumps(meta, indent=1) + "\n").encode())
     return sidecar
 
 
@@ -409,5 +401,5 @@ def prepare_corpus(name: str, out_dir: str | os.PathLike | None = None, *, token
         "seconds_encode": round(t_encode - t_train, 2),
         "out_dir": str(out),
     }
-    _atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary

@@ -1,0 +1,599 @@
+"""Tokenizers: from characters to bytes to byte-level BPE (chapter 02, tokenization).
+
+A language model reads integers, not text. This module turns text into token ids
+and back, in two ways:
+
+* :class:`CharTokenizer`, the baseline: one id per distinct character of a corpus.
+  Simple, but it fails on any character it has not seen.
+* :class:`BPETokenizer`, byte-level byte-pair encoding as in GPT-2. Every text is a
+  sequence of UTF-8 bytes (ids 0..255 in a trained vocabulary), so nothing is ever
+  unknown; training then *merges* the most frequent adjacent pair of tokens into a
+  new token, again and again, until the vocabulary has the requested size.
+
+Encoding a text with BPE takes four steps:
+
+1. split off the special tokens (``<|endoftext|>``...) that the caller allows;
+2. pre-tokenize each remaining part with a regular expression (:data:`GPT2_PATTERN`
+   or the GPT-4 style :data:`GPT4_PATTERN`) into chunks such as ``" the"``,
+   ``"'s"``, ``"  "``; merges never cross a chunk boundary;
+3. turn each chunk into its UTF-8 bytes, one token per byte;
+4. apply the learned merges, lowest rank (earliest learned) first, until no
+   adjacent pair has a merge. A per-chunk cache makes repeated words cost a dict
+   lookup.
+
+The same class serves a vocabulary trained here (:meth:`BPETokenizer.train`) and
+GPT-2's published one (:meth:`BPETokenizer.from_gpt2`), whose ids are *not* in byte
+order: a tokenizer is a table ``id -> bytes`` plus a list of merges
+``(left id, right id, merged id)`` in priority order, plus the special tokens.
+:meth:`BPETokenizer.save` writes that as human-readable JSON.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import operator
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import regex
+
+from minillm.fileio import atomic_write
+
+# GPT-2's pre-tokenizer: contractions, optional space + letters, optional space +
+# digits, optional space + other symbols, then whitespace runs (a run followed by
+# a word leaves its last space to that word).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4 (cl100k) style: case-insensitive contractions, at most 3 digits per chunk,
+# newlines kept apart from other whitespace, one leading symbol glued to a word.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+ENDOFTEXT = "<|endoftext|>"
+
+# encode_iterable may cut its buffer right after a letter/digit followed by any
+# whitespace, or after any non-space followed by a space or tab: neither pattern
+# above has a chunk that spans such a position, nor looks past it (see the method).
+_SAFE_CUT = regex.compile(r"[\p{L}\p{N}]\s|\S[ \t]", flags=regex.REVERSE)
+
+
+class CharTokenizer:
+    """Character-level tokenizer: one id per distinct character of a corpus.
+
+    Ids are assigned in sorted character order, so the same text always gives the
+    same vocabulary. Build it with :meth:`from_text`.
+    """
+
+    def __init__(self, chars: Iterable[str]):
+        chars = list(chars)
+        if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("CharTokenizer needs a non-empty list of single characters")
+        if len(set(chars)) != len(chars):
+            raise ValueError("CharTokenizer characters must be distinct")
+        self.chars = chars
+        self._stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        """The vocabulary of every distinct character in ``text``, sorted."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not text:
+            raise ValueError("cannot build a vocabulary from an empty text")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct characters (ids are 0..vocab_size-1)."""
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of ``text``; raises ValueError on unseen characters."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        try:
+            return [self._stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self._stoi})
+            raise ValueError(
+                f"{len(unknown)} character(s) not in the vocabulary: {unknown[:10]!r}; a "
+                "character tokenizer only knows the text it was built from (rebuild it "
+                "from a text that contains them, or use the byte-level BPETokenizer)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of a sequence of ids; raises ValueError on ids out of range."""
+        ids = _as_int_list(ids)
+        bad = [i for i in ids if not 0 <= i < len(self.chars)]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
+        return "".join(self.chars[i] for i in ids)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary as JSON (``{"format": "minillm-char", "chars": [...]}``), atomically."""
+        state = {"format": "minillm-char", "version": 1, "chars": self.chars}
+        atomic_write(path, json.dumps(state, ensure_ascii=False, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        """Read a tokenizer written by :meth:`save`."""
+        state = _read_state(path, "minillm-char", "CharTokenizer.save")
+        return cls(state["chars"])
+
+
+def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | BPETokenizer:
+    """Load a tokenizer saved by :meth:`CharTokenizer.save` or :meth:`BPETokenizer.save`."""
+    state = _read_state(path, None, "CharTokenizer.save or BPETokenizer.save")
+    kinds = {"minillm-char": CharTokenizer, "minillm-bpe": BPETokenizer}
+    if state.get("format") not in kinds:
+        raise ValueError(f"{path} is not a minillm tokenizer file (format {state.get('format')!r})")
+    return kinds[state["format"]].load(path)
+
+
+def _read_state(path: str | os.PathLike, fmt: str | None, writer: str) -> dict:
+    """The JSON object of a saved tokenizer, checked to be of format ``fmt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer file at {path}")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON tokenizer file ({err})") from err
+    if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):
+        raise ValueError(f"{path} is not a tokenizer written by {writer}")
+    return state
+
+
+def _as_int_list(ids) -> list[int]:
+    """A list of Python ints from a list, tuple, tensor or array of integers."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, (int, str, bytes)):
+        raise TypeError(f"ids must be a sequence of integers, got {type(ids).__name__}")
+    try:
+        return [operator.index(i) for i in ids]  # also numpy and 0-d torch integers
+    except TypeError:
+        bad = next(i for i in ids if not hasattr(i, "__index__"))
+        raise TypeError(f"token ids must be integers, got {bad!r} ({type(bad).__name__})") from None
+
+
+def _compile_pattern(pattern: str) -> regex.Pattern:
+    """Compile a pre-tokenization regex; findall must return whole matches."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be 'gpt2', 'gpt4' or a regex string, got {type(pattern).__name__}")
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
+    if compiled.groups:
+        raise ValueError("the pre-tokenization pattern must not have capturing groups; "
+                         "write (?:...) instead of (...)")
+    return compiled
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``; lone surrogates (not encodable) become U+FFFD, as in tiktoken."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def bytes_to_text(b: bytes) -> str:
+    """Readable, reversible text for a token's bytes: UTF-8 where valid, ``\\xNN`` for
+    other bytes, and ``\\\\`` for a backslash (the inverse is :func:`text_to_bytes`)."""
+    return b.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
+
+
+_ESCAPE = regex.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def text_to_bytes(s: str) -> bytes:
+    """Inverse of :func:`bytes_to_text`."""
+    out, pos = bytearray(), 0
+    for m in _ESCAPE.finditer(s):
+        out += s[pos : m.start()].encode("utf-8")
+        out += b"\\" if m.group(1) == "\\" else bytes([int(m.group(1)[1:], 16)])
+        pos = m.end()
+    out += s[pos:].encode("utf-8")
+    return bytes(out)
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character, used in ``encoder.json``
+    and ``vocab.bpe``: printable Latin-1 bytes stand for themselves, the other 68
+    (control characters, space, ...) are shifted to U+0100 and up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    mapping, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            mapping[b] = chr(b)
+        else:
+            mapping[b] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+def _inside_special(buffer: str, cut: int, specials: Iterable[str]) -> bool:
+    """Whether position ``cut`` of ``buffer`` may fall inside a special token: one that
+    starts before ``cut`` and either ends after it or runs past the buffer's end."""
+    for s in specials:
+        for start in range(max(cut - len(s) + 1, 0), cut):
+            if buffer.startswith(s, start) or (start + len(s) > len(buffer) and s.startswith(buffer[start:])):
+                return True
+    return False
+
+
+def _learn_merges(words: list[list[int]], freqs: list[int], n_merges: int) -> list[tuple[int, int, int]]:
+    """The BPE merges of a corpus given as unique chunks (byte ids) with counts.
+
+    ``pair_counts`` holds every adjacent pair's total count, ``where`` the chunks
+    in which a pair may occur (stale entries are skipped), and ``heap`` entries
+    ``(-count, pair)`` (stale when the count has changed since the push).
+    ``words`` is modified in place.
+    """
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for w, (word, c) in enumerate(zip(words, freqs)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += c
+            where[pair].add(w)
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[int, int, int]] = []
+    while len(merges) < n_merges:
+        while heap and pair_counts.get(heap[0][1], 0) != -heap[0][0]:
+            heapq.heappop(heap)  # stale entry
+        if not heap:
+            warnings.warn(f"BPE training stopped after {len(merges)} of {n_merges} merges: no pair "
+                          "of tokens is left to merge (the training text is too small)", stacklevel=3)
+            break
+        _, (a, b) = heapq.heappop(heap)
+        new = 256 + len(merges)
+        merges.append((a, b, new))
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for w in where.pop((a, b)):
+            word, out, i = words[w], [], 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            if len(out) == len(word):
+                continue  # stale: this chunk no longer holds the pair
+            c = freqs[w]
+            for pair in zip(word, word[1:]):
+                delta[pair] -= c
+            for pair in zip(out, out[1:]):
+                delta[pair] += c
+                where[pair].add(w)
+            words[w] = out
+        for pair, d in delta.items():
+            if d:
+                pair_counts[pair] += d
+                if pair_counts[pair] > 0:
+                    heapq.heappush(heap, (-pair_counts[pair], pair))
+                else:
+                    del pair_counts[pair]
+    return merges
+
+
+class BPETokenizer:
+    """Byte-level BPE tokenizer with tiktoken's encode/decode semantics.
+
+    Args:
+        vocab: ``vocab[i]`` is the bytes of token ``i`` (for special tokens: their
+            UTF-8 text). Must contain every single byte among its non-special ids.
+        merges: ``(left, right, merged)`` id triples in priority order (first =
+            applied first); ``vocab[merged] == vocab[left] + vocab[right]``.
+        special_tokens: special token text -> id; never produced by merges.
+        pattern: ``"gpt2"``, ``"gpt4"`` or a custom pre-tokenization regex (with
+            non-capturing groups only) for the ``regex`` module.
+        cache_size: at most this many chunk encodings are cached (then the cache
+            is emptied and refilled).
+    """
+
+    def __init__(self, vocab: list[bytes], merges: list[tuple[int, int, int]],
+                 special_tokens: dict[str, int] | None = None, pattern: str = "gpt2",
+                 cache_size: int = 100_000):
+        special_tokens = dict(special_tokens or {})
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self._pat = _compile_pattern(self.pattern)
+        self._vocab = [bytes(b) for b in vocab]
+        n = len(self._vocab)
+        for name, i in special_tokens.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"special tokens must be non-empty strings, got {name!r}")
+            if not 0 <= i < n or self._vocab[i] != name.encode("utf-8"):
+                raise ValueError(f"special token {name!r} needs vocab[{i}] == its UTF-8 bytes")
+        special_ids = set(special_tokens.values())
+        if len(special_ids) != len(special_tokens):
+            raise ValueError(f"special tokens need distinct ids, got {special_tokens}")
+        byte_ids = {b[0]: i for i, b in enumerate(self._vocab) if len(b) == 1 and i not in special_ids}
+        if len(byte_ids) != 256:
+            missing = sorted(set(range(256)) - set(byte_ids))[:5]
+            raise ValueError(f"a byte-level vocabulary needs all 256 single bytes; missing e.g. {missing}")
+        self._byte_ids = [byte_ids[b] for b in range(256)]
+        self.merges = [tuple(m) for m in merges]
+        self._ranks: dict[tuple[int, int], int] = {}
+        for rank, (a, b, m) in enumerate(self.merges):
+            if not all(0 <= i < n for i in (a, b, m)) or self._vocab[m] != self._vocab[a] + self._vocab[b]:
+                raise ValueError(f"merge #{rank} {(a, b, m)} does not match the vocabulary")
+            self._ranks.setdefault((a, b), rank)
+        self._merged = [m for _, _, m in self.merges]
+        if special_ids & set(self._merged):
+            raise ValueError("a special token's id is also the result of a merge; give it its own id")
+        self.special_tokens = special_tokens
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be a non-negative int, got {cache_size!r}")
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._special_res: dict[frozenset[str], regex.Pattern] = {}
+
+    # ----------------------------------------------------------------- training
+    @classmethod
+    def train(cls, text: str | Iterable[str], vocab_size: int,
+              special_tokens: Iterable[str] = (ENDOFTEXT,), pattern: str = "gpt2") -> BPETokenizer:
+        """Learn a byte-level BPE vocabulary of ``vocab_size`` tokens from ``text``.
+
+        ``text`` is one string or an iterable of strings (documents). The training
+        text is first split on the special tokens (so they are never merged or
+        learned across), then pre-tokenized with ``pattern``; training works on
+        the unique chunks and their counts. Ids: 0..255 are the bytes, then one id
+        per merge in the order learned, then the special tokens.
+
+        Each step merges the most frequent adjacent pair (overlapping pairs such
+        as the two ``aa`` in ``aaa`` both count); **ties go to the smallest
+        (left id, right id) pair**. Pair counts are updated incrementally: only
+        the chunks that contain the merged pair are revisited (pair -> chunk ids),
+        and a heap with lazy invalidation finds the next best pair. If fewer
+        pairs remain than requested merges, training stops early with a warning.
+        """
+        texts = [text] if isinstance(text, str) else text
+        if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+            raise TypeError(f"text must be a str or an iterable of str, got {type(text).__name__}")
+        if isinstance(special_tokens, str):
+            raise TypeError(f"special_tokens must be a list of strings; write [{special_tokens!r}]")
+        specials = list(special_tokens)
+        if any(not isinstance(s, str) or not s for s in specials) or len(set(specials)) != len(specials):
+            raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+            raise ValueError(f"vocab_size must be an int >= 256 + {len(specials)} special token(s) "
+                             f"= {256 + len(specials)}, got {vocab_size!r}")
+        pat = _compile_pattern(PATTERNS.get(pattern, pattern))
+        split = regex.compile("|".join(map(regex.escape, sorted(specials, key=len, reverse=True))))
+        chunk_counts: Counter[str] = Counter()
+        for doc in texts:
+            if not isinstance(doc, str):
+                raise TypeError(f"training texts must be str, got {type(doc).__name__}")
+            for part in split.split(doc) if specials else [doc]:
+                chunk_counts.update(pat.findall(part))
+        if not chunk_counts:
+            raise ValueError("the training text is empty (after removing special tokens)")
+        words = [list(_utf8(chunk)) for chunk in chunk_counts]
+        freqs = list(chunk_counts.values())
+        merges = _learn_merges(words, freqs, vocab_size - 256 - len(specials))
+        vocab = [bytes([b]) for b in range(256)]
+        for a, b, _ in merges:
+            vocab.append(vocab[a] + vocab[b])
+        special_ids = {s: len(vocab) + k for k, s in enumerate(specials)}
+        vocab += [s.encode("utf-8") for s in specials]
+        return cls(vocab, merges, special_ids, pattern)
+
+    # ------------------------------------------------------------ GPT-2 loading
+    @classmethod
+    def from_gpt2(cls, directory: str | os.PathLike | None = None) -> BPETokenizer:
+        """GPT-2's tokenizer from ``encoder.json`` and ``vocab.bpe`` in ``directory``
+        (default: the ``gpt2`` data set of :func:`minillm.data.download`).
+
+        Both files spell bytes with :func:`gpt2_bytes_to_unicode`; ids come from
+        ``encoder.json`` and merge priority from the line order of ``vocab.bpe``.
+        """
+        if directory is None:
+            from minillm import data
+
+            directory = data.download("gpt2")
+        directory = Path(directory)
+        paths = [directory / "encoder.json", directory / "vocab.bpe"]
+        for p in paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"{p} not found; pass the folder holding GPT-2's encoder.json "
+                                        "and vocab.bpe, or None to use minillm.data.download('gpt2')")
+        encoder: dict[str, int] = json.loads(paths[0].read_text(encoding="utf-8"))
+        byte_of = {ch: b for b, ch in gpt2_bytes_to_unicode().items()}
+        specials = {s: i for s, i in encoder.items() if s == ENDOFTEXT}
+        vocab = [b""] * (max(encoder.values()) + 1)
+        for s, i in encoder.items():
+            vocab[i] = s.encode("utf-8") if s in specials else bytes(byte_of[ch] for ch in s)
+        merges = []
+        for line in paths[1].read_text(encoding="utf-8").split("\n")[1:]:  # line 0: "#version"
+            if line:
+                left, right = line.split(" ")
+                merges.append((encoder[left], encoder[right], encoder[left + right]))
+        return cls(vocab, merges, specials, "gpt2")
+
+    # ---------------------------------------------------------------- encoding
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included (ids are 0..vocab_size-1)."""
+        return len(self._vocab)
+
+    def _bpe(self, piece: bytes) -> tuple[int, ...]:
+        """Token ids of one pre-tokenized chunk: bytes, then merges by rank."""
+        ids = [self._byte_ids[b] for b in piece]
+        ranks, never = self._ranks, len(self.merges)
+        while len(ids) > 1:
+            pairs = list(zip(ids, ids[1:]))
+            rank = min(ranks.get(p, never) for p in pairs)
+            if rank == never:
+                break
+            (a, b), merged = self.merges[rank][:2], self._merged[rank]
+            out, i, n = [], 0, len(ids)
+            while i < n:  # merge every occurrence, left to right
+                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return tuple(ids)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of ``text`` with special-token text encoded as ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids: list[int] = []
+        cache = self._cache
+        for chunk in self._pat.findall(text):
+            toks = cache.get(chunk)
+            if toks is None:
+                toks = self._bpe(_utf8(chunk))
+                if len(cache) >= self.cache_size:
+                    cache.clear()
+                if self.cache_size:
+                    cache[chunk] = toks
+            ids.extend(toks)
+        return ids
+
+    def clear_cache(self) -> None:
+        """Forget the cached chunk encodings (e.g. to time a cold encode)."""
+        self._cache.clear()
+
+    def _specials(self, names, argument: str) -> frozenset[str]:
+        """Validate an ``allowed_special``/``disallowed_special`` argument."""
+        if names == "all":
+            return frozenset(self.special_tokens)
+        if isinstance(names, str):
+            raise TypeError(f"{argument} must be 'all' or a set of special tokens, got the string "
+                            f"{names!r}; write {{{names!r}}}")
+        names = frozenset(names)
+        unknown = names - set(self.special_tokens)
+        if unknown:
+            raise ValueError(f"{argument} names unknown special token(s) {sorted(unknown)}; "
+                             f"this tokenizer has {sorted(self.special_tokens)}")
+        return names
+
+    def _special_re(self, names: frozenset[str]) -> regex.Pattern:
+        if names not in self._special_res:
+            alternation = "|".join(map(regex.escape, sorted(names, key=len, reverse=True)))
+            self._special_res[names] = regex.compile(alternation)
+        return self._special_res[names]
+
+    def _resolve(self, allowed_special, disallowed_special) -> tuple[frozenset[str], frozenset[str]]:
+        allowed = self._specials(allowed_special, "allowed_special")
+        if disallowed_special == "all":
+            return allowed, frozenset(self.special_tokens) - allowed
+        return allowed, self._specials(disallowed_special, "disallowed_special")
+
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        """Token ids of ``text``, with tiktoken's rules for special tokens.
+
+        ``allowed_special`` ("all" or a set) are encoded as their single id. Any
+        ``disallowed_special`` ("all" = every special token not allowed; ``()`` =
+        none) found in ``text`` raises ValueError; other special-token text is
+        encoded as ordinary text.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        allowed, disallowed = self._resolve(allowed_special, disallowed_special)
+        if disallowed and (m := self._special_re(disallowed).search(text)):
+            raise ValueError(
+                f"the text contains the special token {m.group()!r}, which is disallowed. To "
+                f"encode it as its special id pass allowed_special={{{m.group()!r}}} (or 'all'); "
+                "to encode it as ordinary text pass disallowed_special=() (or a set without it)"
+            )
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for m in self._special_re(allowed).finditer(text):
+            ids += self.encode_ordinary(text[start : m.start()])
+            ids.append(self.special_tokens[m.group()])
+            start = m.end()
+        return ids + self.encode_ordinary(text[start:])
+
+    def encode_iterable(self, texts: Iterable[str], *, allowed_special=frozenset(),
+                        disallowed_special="all") -> Iterator[int]:
+        """Yield the ids of the concatenation of ``texts`` (e.g. the lines of a file),
+        exactly as :meth:`encode` would give them for the whole text.
+
+        The text is buffered and encoded up to the last *safe cut*: right after a
+        letter or digit followed by whitespace, or after a non-space followed by a
+        space or tab. No chunk of the GPT-2 or GPT-4 pattern spans such a position
+        and neither looks past it, so cutting there cannot change the result (a
+        custom pattern must have the same property). A cut inside a special token
+        is skipped. Memory is bounded by the longest piece plus the longest stretch
+        of text without a safe cut, not by the total size.
+        """
+        allowed, disallowed = self._resolve(allowed_special, disallowed_special)
+        specials = allowed | disallowed
+        buffer = ""
+        for piece in texts:
+            if not isinstance(piece, str):
+                raise TypeError(f"encode_iterable needs str pieces, got {type(piece).__name__}")
+            searched_from = max(len(buffer) - 1, 0)  # earlier text held no safe cut
+            buffer += piece
+            m = _SAFE_CUT.search(buffer, searched_from)
+            if m is None:
+                continue
+            cut = m.start() + 1
+            if specials and _inside_special(buffer, cut, specials):
+                continue
+            yield from self.encode(buffer[:cut], allowed_special=allowed, disallowed_special=disallowed)
+            buffer = buffer[cut:]
+        if buffer:
+            yield from self.encode(buffer, allowed_special=allowed, disallowed_special=disallowed)
+
+    # ---------------------------------------------------------------- decoding
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes of a sequence of ids (list, tuple, tensor or array)."""
+        ids = _as_int_list(ids)
+        n = len(self._vocab)
+        if ids and not (0 <= min(ids) and max(ids) < n):
+            bad = next(i for i in ids if not 0 <= i < n)
+            raise ValueError(f"token id {bad} is out of range for vocab_size {n} (valid ids: 0..{n - 1})")
+        return b"".join([self._vocab[i] for i in ids])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of a sequence of ids; byte sequences that are not valid UTF-8
+        (e.g. half a character) become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token."""
+        return self.decode_bytes([token_id])
+
+    def visualize(self, text: str, **encode_kwargs) -> list[tuple[int, bytes]]:
+        """``(id, bytes)`` for every token of ``text``: shows where tokens begin and end."""
+        return [(i, self._vocab[i]) for i in self.encode(text, **encode_kwargs)]
+
+    # ------------------------------------------------------------- save / load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as JSON, one token and one merge per line; tokens are
+        written with :func:`bytes_to_text`. The write is atomic."""
+        head = {"format": "minillm-bpe", "version": 1, "pattern": self.pattern,
+                "special_tokens": self.special_tokens}
+        tokens = ",\n".join(json.dumps(bytes_to_text(b), ensure_ascii=False) for b in self._vocab)
+        merges = ",\n".join(json.dumps(list(m)) for m in self.merges)
+        body = json.dumps(head, ensure_ascii=False, indent=1)[:-2]
+        text = f'{body},\n "tokens": [\n{tokens}\n],\n "merges": [\n{merges}\n]\n}}\n'
+        atomic_write(path, text)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BPETokenizer:
+        """Read a tokenizer written by :meth:`save`."""
+        state = _read_state(path, "minillm-bpe", "BPETokenizer.save")
+        vocab = [text_to_bytes(t) for t in state["tokens"]]
+        return cls(vocab, [tuple(m) for m in state["merges"]], state["special_tokens"], state["pattern"])
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
+                f"special_tokens={sorted(self.special_tokens)})")

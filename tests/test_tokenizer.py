@@ -1,0 +1,505 @@
+"""Tests for minillm.tokenizer: parity with tiktoken, hand-checked BPE training,
+a naive trainer as reference, special tokens, streaming, save/load and errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from collections import Counter
+
+import pytest
+import regex
+import tiktoken
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minillm import data
+from minillm.tokenizer import (
+    BPETokenizer,
+    CharTokenizer,
+    bytes_to_text,
+    gpt2_bytes_to_unicode,
+    text_to_bytes,
+)
+
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> BPETokenizer:
+    return BPETokenizer.from_gpt2()
+
+
+@pytest.fixture(scope="module")
+def enc() -> tiktoken.Encoding:
+    return tiktoken.get_encoding("gpt2")
+
+
+@pytest.fixture(scope="module")
+def shakespeare() -> str:
+    return data.read_text("tinyshakespeare")
+
+
+# --------------------------------------------------------------------------- char
+def test_char_tokenizer_hand_checked():
+    tok = CharTokenizer.from_text("hello")
+    assert tok.vocab_size == 4  # e, h, l, o
+    assert tok.encode("hello") == [1, 0, 2, 2, 3]
+    assert tok.decode([3, 2, 0]) == "ole"
+    assert tok.decode(tok.encode("hole")) == "hole"
+
+
+def test_char_tokenizer_errors():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ValueError, match="'z'"):
+        tok.encode("abz")
+    with pytest.raises(ValueError, match="3.*vocab_size 3"):
+        tok.decode([0, 3])
+    with pytest.raises(ValueError, match="-1"):
+        tok.decode([-1])
+    with pytest.raises(ValueError, match="empty"):
+        CharTokenizer.from_text("")
+    with pytest.raises(TypeError):
+        CharTokenizer.from_text(b"abc")
+    with pytest.raises(TypeError):
+        tok.encode(["a"])
+
+
+# ------------------------------------------------------------------ GPT-2 parity
+PARITY_TEXTS = {
+    "prose": "The quick brown fox jumps over the lazy dog. It wasn't me, said Tom; \"really?\"",
+    "code": 'def f(x: int) -> int:\n\t"""Doc."""\n    return x**2 + 1  # comment\n\nprint(f(3))\n',
+    "spaces": "a    b      c  \n\n\n   d\t\t\te \t \n  trailing   ",
+    "only_whitespace": " \n\t  \r\n   ",
+    "newlines": "\n\n\nline\r\n\r\nnext\n",
+    "digits": "0 12 345 6789 3.14159 1,000,000 2024-01-31 007",
+    "emoji": "I 💜 emoji 🤖🚀👩‍👩‍👧 and ❤️ flags 🇫🇷",
+    "cjk": "我爱自然语言处理。日本語のテキスト、한국어 텍스트",
+    "mixed": "Ελληνικά, русский, العربية, עברית, हिन्दी, café naïve Æsir",
+    "contractions": "it's don't they're we've I'm you'll he'd IT'S DON'T THEY'RE I'M 'S 'T",
+    "punctuation": "!!! ??? ... --- *** (())[]{} <<>> @#$%^&",
+    "special_as_text": f"one{EOT}two <|endoftext|> three <|endo",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_TEXTS))
+def test_gpt2_parity_with_tiktoken(gpt2, enc, name):
+    text = PARITY_TEXTS[name]
+    ids = gpt2.encode(text, disallowed_special=())
+    assert ids == enc.encode(text, disallowed_special=())
+    assert gpt2.decode(ids) == text
+    assert gpt2.encode_ordinary(text) == enc.encode_ordinary(text)
+
+
+def test_gpt2_parity_allowed_special(gpt2, enc):
+    text = f"Hello world{EOT}Goodbye{EOT}{EOT} again"
+    for allowed in ("all", {EOT}):
+        ids = gpt2.encode(text, allowed_special=allowed)
+        assert ids == enc.encode(text, allowed_special=allowed)
+        assert ids.count(50256) == 3
+        assert gpt2.decode(ids) == text
+
+
+def test_gpt2_parity_tiny_shakespeare(gpt2, enc, shakespeare):
+    ids = gpt2.encode(shakespeare)
+    assert ids == enc.encode(shakespeare)
+    assert gpt2.decode(ids) == shakespeare
+
+
+def test_gpt2_parity_stdlib_source(gpt2, enc):
+    for rel in ("inspect.py", "email/_header_value_parser.py"):
+        source = (data.stdlib_dir() / rel).read_text(encoding="utf-8")
+        ids = gpt2.encode(source)
+        assert ids == enc.encode(source)
+        assert gpt2.decode(ids) == source
+
+
+_ALPHABET = st.sampled_from(list("aAzZ09 \t\n\r'sStdlmvre.,;!?-_()\"\\") +
+                            ["é", "ß", "ø", "中", "文", "😀", "🇫", "\u200d", "\u00a0", "\u3000", "١"])
+
+
+@settings(max_examples=300, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(_ALPHABET, max_size=60) | st.text(max_size=30))
+def test_gpt2_parity_fuzz(gpt2, enc, text):
+    ids = gpt2.encode(text, disallowed_special=())
+    assert ids == enc.encode(text, disallowed_special=())
+    assert gpt2.decode(ids) == text
+
+
+def test_lone_surrogate_replaced_like_tiktoken(gpt2, enc):
+    text = "a\ud800b"
+    assert gpt2.encode(text) == enc.encode(text)
+
+
+def test_decode_random_ids_matches_tiktoken(gpt2, enc):
+    rng = random.Random(0)
+    for _ in range(50):
+        ids = [rng.randrange(enc.n_vocab) for _ in range(rng.randrange(1, 20))]
+        assert gpt2.decode_bytes(ids) == enc.decode_bytes(ids)
+        assert gpt2.decode(ids) == enc.decode(ids)  # tiktoken decodes with errors="replace"
+
+
+def test_decode_invalid_utf8_gives_replacement_char(gpt2, enc):
+    first_byte_of_euro = enc.encode_single_token(b"\xe2")
+    assert gpt2.decode_bytes([first_byte_of_euro]) == b"\xe2"
+    assert gpt2.decode([first_byte_of_euro]) == "\ufffd"
+    assert gpt2.decode(gpt2.encode("€")) == "€"
+
+
+def test_decode_accepts_tensors_and_arrays(gpt2):
+    import numpy as np
+    import torch
+
+    ids = gpt2.encode("tensor of ids")
+    assert gpt2.decode(torch.tensor(ids)) == "tensor of ids"
+    assert gpt2.decode(np.array(ids, dtype=np.uint16)) == "tensor of ids"
+    assert gpt2.decode(list(np.array(ids))) == "tensor of ids"  # numpy integer scalars
+
+
+def test_gpt2_vocab_layout(gpt2, enc):
+    assert gpt2.vocab_size == enc.n_vocab == 50257
+    assert gpt2.special_tokens == {EOT: 50256}
+    # GPT-2 ids are not bytes in byte order: "!" is id 0 and the space byte is id 220.
+    assert gpt2.token_bytes(0) == b"!" and gpt2.token_bytes(220) == b" "
+    for i in (0, 220, 256, 1000, 50000):
+        assert gpt2.token_bytes(i) == enc.decode_single_token_bytes(i)
+    assert gpt2.token_bytes(50256) == EOT.encode()
+
+
+def test_visualize(gpt2, enc):
+    text = "Tokenization isn't hard"
+    pieces = gpt2.visualize(text)
+    assert pieces == [(i, enc.decode_single_token_bytes(i)) for i in enc.encode(text)]
+    assert b"".join(b for _, b in pieces) == text.encode()
+
+
+def test_bytes_to_unicode_map():
+    m = gpt2_bytes_to_unicode()
+    assert len(set(m.values())) == 256
+    assert m[ord("a")] == "a" and m[ord(" ")] == "\u0120" and m[0] == "\u0100"  # "Ġ", "Ā"
+
+
+# -------------------------------------------------------------- special tokens
+def test_disallowed_special_raises_with_help(gpt2, enc):
+    text = f"end of doc {EOT} next"
+    with pytest.raises(ValueError, match=r"<\|endoftext\|>.*allowed_special"):
+        gpt2.encode(text)
+    with pytest.raises(ValueError):
+        enc.encode(text)  # tiktoken agrees that this is an error
+    with pytest.raises(ValueError, match="disallowed"):
+        gpt2.encode(text, disallowed_special={EOT})
+    with pytest.raises(ValueError, match=r"<\|endoftext\|>"):
+        list(gpt2.encode_iterable(["end of doc <|endof", "text|> next"]))
+
+
+def test_special_argument_errors(gpt2):
+    with pytest.raises(ValueError, match="unknown special"):
+        gpt2.encode("x", allowed_special={"<|pad|>"})
+    with pytest.raises(TypeError, match="set"):
+        gpt2.encode("x", allowed_special=EOT)
+
+
+# ------------------------------------------------------------------- streaming
+STREAM_TEXTS = [
+    PARITY_TEXTS["spaces"] * 3 + PARITY_TEXTS["code"] * 2,
+    PARITY_TEXTS["mixed"] + "\n\n  \n" + PARITY_TEXTS["cjk"] + "  .\n\n\nx y\n",
+    "word, word. " * 50 + "end!\r\n\r\n  \t  ok " + "123456789 " * 5,
+]
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_encode_iterable_equals_encode(gpt2, pattern, shakespeare):
+    tok = gpt2 if pattern == "gpt2" else BPETokenizer.train(shakespeare[:20_000], 400, pattern="gpt4")
+    rng = random.Random(1)
+    for text in STREAM_TEXTS + [shakespeare[:5000]]:
+        for _ in range(20):
+            cuts = sorted(rng.sample(range(1, len(text)), rng.randrange(1, 40)))
+            pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+            assert list(tok.encode_iterable(pieces)) == tok.encode(text)
+
+
+def test_encode_iterable_special_tokens_split_across_pieces():
+    tok = BPETokenizer.train("spam and eggs " * 20, 256 + 8 + 2, special_tokens=["<| sep |>", EOT])
+    text = f"spam <| sep |> eggs{EOT} and  <| sep |>\n spam"
+    expected = tok.encode(text, allowed_special="all")
+    assert expected.count(tok.special_tokens["<| sep |>"]) == 2
+    for size in range(1, 12):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert list(tok.encode_iterable(pieces, allowed_special="all")) == expected
+
+
+def test_encode_iterable_is_lazy(gpt2, enc):
+    endless = itertools.cycle(["To be, or not to be: ", "that is the question.\n"])
+    first = list(itertools.islice(gpt2.encode_iterable(endless), 1000))
+    text = "To be, or not to be: that is the question.\n" * 100
+    assert first == enc.encode(text)[:1000]
+
+
+# --------------------------------------------------------------------- training
+def test_train_classic_example_by_hand():
+    # "aaabdaaabac": pair counts aa=4 (overlapping), ab=2, bd=da=ba=ac=1 -> merge aa=256.
+    # "Z a b d Z a b a c": Za=2, ab=2 tie -> smaller pair (97, 98) wins -> ab=257.
+    # "Z Y d Z Y a c": ZY=2 -> (256, 257)=258. Then every pair occurs once; (100, 256) "dZ"
+    # is the smallest of (258,100), (100,258), (258,97), (97,99).
+    tok = BPETokenizer.train("aaabdaaabac", 260, special_tokens=())
+    assert tok.merges == [(97, 97, 256), (97, 98, 257), (256, 257, 258), (97, 99, 259)]
+    assert [tok.token_bytes(i) for i in range(256, 260)] == [b"aa", b"ab", b"aaab", b"ac"]
+    assert tok.encode("aaabdaaabac") == [258, 100, 258, 259]
+
+
+def test_train_respects_pretokenization_by_hand():
+    # Chunks: "ab" x1, " ab" x2 -> (a, b)=3, (" ", a)=2; after ab=256: (" ", 256)=2 -> 257.
+    tok = BPETokenizer.train("ab ab ab", 258, special_tokens=())
+    assert tok.merges == [(97, 98, 256), (32, 256, 257)]
+    assert tok.encode("ab ab") == [256, 257]
+
+
+def test_train_layout_and_specials():
+    tok = BPETokenizer.train("hello world " * 10, 256 + 5 + 2, special_tokens=[EOT, "<|pad|>"])
+    assert tok.vocab_size == 263
+    assert all(tok.token_bytes(i) == bytes([i]) for i in range(256))
+    assert [m[2] for m in tok.merges] == list(range(256, 261))
+    assert tok.special_tokens == {EOT: 261, "<|pad|>": 262}
+    assert tok.encode("hi<|pad|>", allowed_special="all")[-1] == 262
+
+
+def test_special_tokens_never_merged():
+    docs = ["the cat sat", "the cat ran", "a cat sat on the mat"] * 5
+    joined = EOT.join(docs)
+    tok = BPETokenizer.train(joined, 256 + 12)
+    assert tok.merges == BPETokenizer.train(docs, 256 + 12).merges
+    learned = [tok.token_bytes(m[2]) for m in tok.merges]
+    assert not any(b"<" in t or b"|" in t or b">" in t for t in learned)
+    ids = tok.encode(joined, allowed_special="all")
+    assert ids.count(tok.special_tokens[EOT]) == len(docs) - 1
+    assert tok.decode(ids) == joined
+
+
+def test_training_is_deterministic(shakespeare):
+    a = BPETokenizer.train(shakespeare[:30_000], 600)
+    b = BPETokenizer.train(shakespeare[:30_000], 600)
+    assert a.merges == b.merges and a.vocab_size == b.vocab_size == 600
+
+
+def naive_train(text: str, n_merges: int, pat_str: str) -> list[tuple[int, int, int]]:
+    """Reference BPE trainer: recount every pair of the whole corpus for each merge."""
+    words = [(list(chunk.encode()), c) for chunk, c in Counter(regex.findall(pat_str, text)).items()]
+    merges = []
+    for k in range(n_merges):
+        counts: Counter = Counter()
+        for w, c in words:
+            for pair in zip(w, w[1:]):
+                counts[pair] += c
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))  # most frequent, then smallest pair
+        new = 256 + k
+        merged_words = []
+        for w, c in words:
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged_words.append((out, c))
+        words = merged_words
+        merges.append((*best, new))
+    return merges
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_incremental_trainer_equals_naive_recount(pattern, enc, shakespeare):
+    text = shakespeare[:6000] + " aaaa bbbbbb 1234567 ééé 中中中 "
+    # The reference pre-tokenizes with tiktoken's GPT-2 pattern; for "gpt4" with ours.
+    pat_str = enc._pat_str if pattern == "gpt2" else BPETokenizer([bytes([b]) for b in range(256)], [],
+                                                                   pattern="gpt4").pattern
+    expected = naive_train(text, 150, pat_str)
+    assert BPETokenizer.train(text, 256 + 150, special_tokens=(), pattern=pattern).merges == expected
+
+
+def test_trained_tokenizer_matches_tiktoken_built_from_its_vocab(shakespeare, enc):
+    """A trained vocabulary loaded into tiktoken (token bytes -> rank = our id) encodes
+    the same way: tiktoken's algorithm is independent of ours."""
+    tok = BPETokenizer.train(shakespeare, 1000)
+    ranks = {tok.token_bytes(i): i for i in range(tok.vocab_size - 1)}
+    assert len(ranks) == tok.vocab_size - 1  # no two tokens with the same bytes
+    ref = tiktoken.Encoding("trained", pat_str=enc._pat_str, mergeable_ranks=ranks,
+                            special_tokens=tok.special_tokens)
+    source = (data.stdlib_dir() / "inspect.py").read_text(encoding="utf-8")
+    for text in (shakespeare[-50_000:], source, PARITY_TEXTS["mixed"]):
+        assert tok.encode(text) == ref.encode(text)
+
+
+def test_gpt4_pattern_splits_by_hand():
+    tok = BPETokenizer.train("x", 256, special_tokens=(), pattern="gpt4")
+    text = "I'M 1234567 hello\n\n  world!\n"
+    chunks = [tok.decode([i]) for i in tok.encode(text)]  # no merges: one token per byte
+    assert "".join(chunks) == text
+    assert tok._pat.findall(text) == ["I", "'M", " ", "123", "456", "7", " hello", "\n\n",
+                                      " ", " world", "!\n"]
+    gpt2 = BPETokenizer.train("x", 256, special_tokens=())
+    # GPT-2: "'M" is no contraction (lower case only), digits stay together, and the
+    # whitespace run "\n\n  " leaves only its last space to " world".
+    assert gpt2._pat.findall(text) == ["I", "'", "M", " 1234567", " hello", "\n\n ",
+                                       " world", "!", "\n"]
+
+
+def test_training_stops_early_with_warning():
+    with pytest.warns(UserWarning, match="stopped after 1 of 10"):
+        tok = BPETokenizer.train("ab", 256 + 10, special_tokens=())
+    assert tok.vocab_size == 257
+
+
+# ------------------------------------------------------------------- save/load
+def test_save_load_round_trip(tmp_path, shakespeare):
+    tok = BPETokenizer.train([shakespeare[:20_000], "naïve café 😀\\x41 \\\\"], 500,
+                             special_tokens=[EOT, "<|im_start|>"], pattern="gpt4")
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    loaded = BPETokenizer.load(path)
+    assert loaded.merges == tok.merges and loaded.special_tokens == tok.special_tokens
+    assert loaded.pattern == tok.pattern
+    assert [loaded.token_bytes(i) for i in range(500)] == [tok.token_bytes(i) for i in range(500)]
+    text = "naïve café 😀 " + shakespeare[-2000:] + "<|im_start|>"
+    assert loaded.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    state = json.loads(path.read_text(encoding="utf-8"))  # plain JSON, readable tokens
+    assert state["tokens"][ord("a")] == "a" and state["tokens"][0x80] == "\\x80"
+    assert state["tokens"][ord("\\")] == "\\\\"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_save_load_gpt2(tmp_path, gpt2, enc):
+    path = tmp_path / "gpt2.json"
+    gpt2.save(path)
+    loaded = BPETokenizer.load(path)
+    text = PARITY_TEXTS["prose"] + PARITY_TEXTS["emoji"] + EOT
+    assert loaded.encode(text, allowed_special="all") == enc.encode(text, allowed_special="all")
+
+
+def test_token_text_escaping_round_trip():
+    rng = random.Random(0)
+    samples = [bytes([b]) for b in range(256)] + [b"\\x41", b"\\\\", b"caf\xc3\xa9\xff\\"]
+    samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(12))) for _ in range(300)]
+    for b in samples:
+        assert text_to_bytes(bytes_to_text(b)) == b
+    assert bytes_to_text(b"caf\xc3\xa9\xff") == "café\\xff"
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        BPETokenizer.load(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="not a tokenizer"):
+        BPETokenizer.load(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        BPETokenizer.from_gpt2(tmp_path)
+
+
+# ------------------------------------------------------------------------ errors
+def test_training_input_errors():
+    with pytest.raises(ValueError, match="vocab_size"):
+        BPETokenizer.train("hello", 256)  # 256 bytes + 1 special do not fit
+    with pytest.raises(ValueError, match="empty"):
+        BPETokenizer.train("", 300)
+    with pytest.raises(ValueError, match="empty"):
+        BPETokenizer.train(EOT * 3, 300)
+    with pytest.raises(TypeError):
+        BPETokenizer.train(b"bytes are not text", 300)
+    with pytest.raises(TypeError):
+        BPETokenizer.train(["ok", 3], 300)
+    with pytest.raises(TypeError):
+        BPETokenizer.train(42, 300)
+    with pytest.raises(ValueError, match="special_tokens"):
+        BPETokenizer.train("hello", 300, special_tokens=["", "x"])
+    with pytest.raises(ValueError, match="pattern"):
+        BPETokenizer.train("hello", 300, pattern="(unclosed")
+    with pytest.raises(ValueError, match="capturing"):
+        BPETokenizer.train("hello", 300, pattern=r"(\w+)")
+    with pytest.raises(TypeError, match="list of strings"):
+        BPETokenizer.train("hello", 300, special_tokens=EOT)
+
+
+def test_constructor_checks_vocabulary():
+    vocab = [bytes([b]) for b in range(256)]
+    with pytest.raises(ValueError, match="256 single bytes"):
+        BPETokenizer(vocab[:-1], [])
+    with pytest.raises(ValueError, match="merge #0"):
+        BPETokenizer(vocab + [b"ab"], [(97, 99, 256)])
+    with pytest.raises(ValueError, match="special token"):
+        BPETokenizer(vocab + [b"<x>"], [], special_tokens={"<y>": 256})
+    with pytest.raises(ValueError, match="cache_size"):
+        BPETokenizer(vocab, [], cache_size=-1)
+
+
+def test_encode_decode_errors(gpt2):
+    with pytest.raises(TypeError, match="str"):
+        gpt2.encode(b"bytes")
+    with pytest.raises(ValueError, match="50257.*vocab_size 50257"):
+        gpt2.decode([1, 50257])
+    with pytest.raises(ValueError, match="-3"):
+        gpt2.decode([-3])
+    with pytest.raises(TypeError, match="integers"):
+        gpt2.decode([1.5])
+    with pytest.raises(TypeError):
+        gpt2.decode(5)
+
+
+def test_bounded_encode_cache():
+    tok = BPETokenizer.train("abc abd abe " * 5, 262)
+    vocab = [tok.token_bytes(i) for i in range(tok.vocab_size)]
+    small = BPETokenizer(vocab, tok.merges, tok.special_tokens, cache_size=10)
+    words = " ".join(f"w{i}" for i in range(200))
+    assert small.encode(words) == tok.encode(words)
+    assert 0 < len(small._cache) <= 10
+    small.clear_cache()
+    assert not small._cache
+    uncached = BPETokenizer(vocab, tok.merges, tok.special_tokens, cache_size=0)
+    assert uncached.encode(words) == tok.encode(words) and not uncached._cache
+
+
+# -------------------------------------------------------------------- benchmark
+def test_best_of_times_every_call():
+    from minillm.bench.tokenizer import best_of
+
+    calls, setups = [], []
+    seconds, result = best_of(3, lambda: calls.append(1) or len(calls), lambda: setups.append(1))
+    assert (len(calls), len(setups), result) == (3, 3, 3) and seconds >= 0
+
+
+def test_benchmark_runs(capsys):
+    from minillm.bench.tokenizer import main
+
+    assert main(["--corpus", "the-verdict", "--vocab-size", "300", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "train BPE, vocab 300" in out and "minillm encode, warm cache" in out
+    with pytest.raises(SystemExit):
+        main(["--repeats", "0"])
+
+
+def test_char_tokenizer_save_load_and_load_tokenizer_dispatch(tmp_path):
+    from minillm.tokenizer import load_tokenizer
+
+    text = "To be, or not to be: that is the question. Ünïcödé ✓"
+    char = CharTokenizer.from_text(text)
+    char.save(tmp_path / "char.json")
+    again = CharTokenizer.load(tmp_path / "char.json")
+    assert again.chars == sorted(set(text)) and again.encode(text) == char.encode(text)
+    assert isinstance(load_tokenizer(tmp_path / "char.json"), CharTokenizer)
+
+    bpe = BPETokenizer.train(text * 3, 270)
+    bpe.save(tmp_path / "bpe.json")
+    loaded = load_tokenizer(tmp_path / "bpe.json")
+    assert isinstance(loaded, BPETokenizer) and loaded.encode(text) == bpe.encode(text)
+
+    with pytest.raises(ValueError, match="CharTokenizer.save"):
+        CharTokenizer.load(tmp_path / "bpe.json")
+    (tmp_path / "junk.json").write_text("not json")
+    with pytest.raises(ValueError, match="not a JSON tokenizer"):
+        load_tokenizer(tmp_path / "junk.json")
+    with pytest.raises(FileNotFoundError, match="no tokenizer file"):
+        load_tokenizer(tmp_path / "missing.json")
