@@ -14,6 +14,7 @@ import platform
 BENCHMARKS = {
     "tokenizer": "minillm.bench.tokenizer",
     "model": "minillm.bench.model",
+    "curation": "minillm.bench.curation",
 }
 
 
