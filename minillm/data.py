@@ -42,6 +42,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from minillm.fileio import atomic_write, file_mode
+
 MIRROR_ENV = "MINILLM_DATA_DIR"
 CACHE_ENV = "MINILLM_CACHE_DIR"
 STDLIB = "python-stdlib"
@@ -179,6 +181,7 @@ def _stream_to_temp(src: Any, dest: Path, desc: str, total: int | None = None) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    os.chmod(tmp, file_mode())
     return Path(tmp), h.hexdigest()
 
 
@@ -322,10 +325,7 @@ def download(name: str) -> Path:
             archive.unlink(missing_ok=True)
             raise
     if unverified:
-        fd, tmp_name = tempfile.mkstemp(dir=root, suffix=".part")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(unverified, fh, indent=1)
-        os.replace(tmp_name, record)
+        atomic_write(record, json.dumps(unverified, indent=1))
     return root
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillm.attention import AttentionConfig, KVCache, sinusoidal_positions
+from minillm.fileio import atomic_path, atomic_write
 from minillm.layers import MLPS, NORMS, Block, make_norm
 
 
@@ -252,9 +252,9 @@ class GPT(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight")  # the same tensor as tok_emb.weight
-        _atomic_write(directory / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-        config_text = json.dumps(dataclasses.asdict(self.config), indent=2)
-        _atomic_write(directory / "config.json", lambda p: Path(p).write_text(config_text))
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, tmp, metadata={"format": "pt"})
+        atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
         return directory
 
     @classmethod
@@ -311,18 +311,6 @@ class GPT(nn.Module):
         model.load_weights(_hf_state_dict(_read_safetensors(directory), model.config, hf["model_type"]),
                            source=f"{directory} ({hf['model_type']})")  # fmt: skip
         return model.to(device) if device is not None else model
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file next to `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------

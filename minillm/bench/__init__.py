@@ -15,6 +15,7 @@ BENCHMARKS = {
     "tokenizer": "minillm.bench.tokenizer",
     "model": "minillm.bench.model",
     "curation": "minillm.bench.curation",
+    "train": "minillm.bench.train",
 }
 
 
