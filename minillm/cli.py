@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("datasets", help="list the data sets minillm knows by name")
     p.set_defaults(func=_datasets)
+
+    from minillm.curation import add_curate_command
+
+    add_curate_command(commands)
     return parser
 
 

@@ -16,6 +16,8 @@ BENCHMARKS = {
     "model": "minillm.bench.model",
     "curation": "minillm.bench.curation",
     "train": "minillm.bench.train",
+    "evaluate": "minillm.bench.evaluate",
+    "finetune": "minillm.bench.finetune",
 }
 
 

@@ -1,0 +1,289 @@
+"""Data curation: turn raw text into a training set you would trust, and say what was removed and why.
+
+Chapter 01 (data) teaches this module. The steps, in pipeline order:
+
+1. :func:`~minillm.quality.normalize` Unicode NFC, control characters, HTML markup, whitespace.
+2. :func:`~minillm.quality.quality_failures` heuristic rules in the spirit of Gopher (Rae et
+   al., 2021) and C4 (Raffel et al., 2020); each rule is small, configurable
+   in :class:`QualityConfig` and names itself when a document fails it.
+   Optionally :class:`CharNGramLM` scores text and drops high perplexity.
+3. exact deduplication on :func:`~minillm.dedup.exact_key`, a hash of the normalized text;
+4. near-duplicate removal with MinHash and LSH (:mod:`minillm.dedup`);
+5. :class:`~minillm.dedup.Decontaminator`: documents sharing an n-gram (13 words by default)
+   with an evaluation set (HellaSwag, ARC, MMLU) are removed;
+6. privacy redaction with :func:`minillm.pii.redact_pii`.
+
+:func:`curate` streams a ``datasets.Dataset`` through the steps with
+``map``/``filter`` (``num_proc`` workers) and returns the clean set and a
+:class:`CurationReport` (documents and bytes in/out per step, reasons for
+removal). The command ``python -m minillm curate`` wraps it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import regex
+
+from minillm.dedup import Decontaminator, MinHasher, cluster_signatures, exact_key
+from minillm.quality import CharNGramLM, NormalizeConfig, QualityConfig, normalize, quality_failures
+
+# ---------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class CurationConfig:
+    """Which steps :func:`curate` runs, and how. ``None`` (or False/empty) switches a step off."""
+
+    normalize: NormalizeConfig | None = field(default_factory=NormalizeConfig)
+    quality: QualityConfig | None = field(default_factory=QualityConfig)
+    perplexity_model: CharNGramLM | None = None
+    max_perplexity: float = 1e3
+    exact_dedup: bool = True
+    near_dedup_threshold: float | None = 0.8
+    num_perm: int = 128
+    shingle_size: int = 5
+    decontaminate: Decontaminator | None = None
+    redact_pii: bool = True
+    num_proc: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class StepReport:
+    """What one step did: documents and UTF-8 bytes in and out, removals by reason."""
+
+    step: str
+    docs_in: int
+    docs_out: int
+    bytes_in: int
+    bytes_out: int
+    removed: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> up to 5 original ids
+    seconds: float = 0.0
+
+
+@dataclass
+class CurationReport:
+    """Per-step reports of one :func:`curate` run, in order."""
+
+    steps: list[StepReport]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``{"steps": [...], "docs_in", "docs_out", "bytes_in", "bytes_out"}``."""
+        first, last = self.steps[0], self.steps[-1]
+        return {"docs_in": first.docs_in, "docs_out": last.docs_out, "bytes_in": first.bytes_in,
+                "bytes_out": last.bytes_out, "steps": [asdict(s) for s in self.steps]}
+
+    def table(self) -> str:
+        """A plain-text table of the steps (no timings, so it is reproducible)."""
+        rows = [f"{'step':<16}{'docs in':>9}{'docs out':>9}{'kB in':>10}{'kB out':>10}  removed by reason"]
+        for s in self.steps:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(s.removed.items(), key=lambda kv: -kv[1]))
+            rows.append(f"{s.step:<16}{s.docs_in:>9}{s.docs_out:>9}{s.bytes_in / 1e3:>10.1f}"
+                        f"{s.bytes_out / 1e3:>10.1f}  {why}")
+        return "\n".join(rows)
+
+
+def _nbytes(ds) -> int:
+    return int(sum(ds["bytes"])) if len(ds) else 0
+
+
+def _drop(ds, name: str, num_proc: int | None, reason_of: Callable[[str], str], steps: list[StepReport]):
+    """Run a filtering step: compute a reason per row ("" keeps it), filter, and report."""
+    start, docs_in, bytes_in = time.perf_counter(), len(ds), _nbytes(ds)
+    ds = ds.map(lambda r: {"_why": reason_of(r["text"])}, num_proc=num_proc, desc=name)
+    removed: Counter[str] = Counter()
+    examples: dict[str, list[int]] = {}
+    for i, why in zip(ds["id"], ds["_why"]):
+        if why:
+            removed[why] += 1
+            if removed[why] <= 5:
+                examples.setdefault(why, []).append(i)
+    ds = ds.filter(lambda r: not r["_why"], num_proc=num_proc, desc=name).remove_columns("_why")
+    steps.append(StepReport(name, docs_in, len(ds), bytes_in, _nbytes(ds), dict(removed), examples,
+                            time.perf_counter() - start))
+    return ds
+
+
+def _transform(ds, name: str, num_proc: int | None, fn: Callable[[str], str], steps: list[StepReport]):
+    """Run a rewriting step (documents stay, bytes change) and report it."""
+    start, bytes_in = time.perf_counter(), _nbytes(ds)
+    ds = ds.map(lambda r: {"text": (t := fn(r["text"])), "bytes": len(t.encode("utf-8"))},
+                num_proc=num_proc, desc=name)
+    steps.append(StepReport(name, len(ds), len(ds), bytes_in, _nbytes(ds), seconds=time.perf_counter() - start))
+    return ds
+
+
+def _select(ds, name: str, keep: list[int], reason: str, steps: list[StepReport], start: float):
+    """Keep rows ``keep`` (positions) and report the others as removed for ``reason``."""
+    dropped = sorted(set(range(len(ds))) - set(keep))
+    out = ds.select(keep)
+    ids = list(ds.select(dropped[:5])["id"]) if dropped else []
+    steps.append(StepReport(name, len(ds), len(out), _nbytes(ds), _nbytes(out),
+                            {reason: len(dropped)} if dropped else {}, {reason: ids} if dropped else {},
+                            time.perf_counter() - start))
+    return out
+
+
+def curate(docs, config: CurationConfig | None = None, progress: bool = False):
+    """Run the curation pipeline; return ``(clean dataset, CurationReport)``.
+
+    ``docs`` is a list of strings or a ``datasets.Dataset`` with a ``text``
+    column. The result has columns ``text``, ``id`` (the row's position in the
+    input) and ``bytes`` (UTF-8 length). ``progress`` shows ``datasets``' bars.
+    """
+    import datasets
+
+    cfg = config or CurationConfig()
+    if isinstance(docs, datasets.Dataset):
+        if "text" not in docs.column_names:
+            raise KeyError(f"the dataset needs a 'text' column; its columns are {docs.column_names}")
+        texts = list(docs["text"])
+    elif isinstance(docs, (list, tuple)) and all(isinstance(d, str) for d in docs):
+        texts = list(docs)
+    else:
+        raise TypeError("curate expects a list of str or a datasets.Dataset with a 'text' column")
+    if not texts:
+        raise ValueError("curate needs at least one document")
+    bars = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if progress else datasets.disable_progress_bars)()
+    try:
+        ds = datasets.Dataset.from_dict({"text": texts, "id": list(range(len(texts))),
+                                         "bytes": [len(t.encode("utf-8")) for t in texts]})
+        steps: list[StepReport] = []
+        n = cfg.num_proc
+        if cfg.normalize is not None:
+            ds = _transform(ds, "normalize", n, lambda t, c=cfg.normalize: normalize(t, c), steps)
+        if cfg.quality is not None:
+            ds = _drop(ds, "quality", n, lambda t, c=cfg.quality: next(iter(quality_failures(t, c, True)), ""),
+                       steps)
+        if cfg.perplexity_model is not None:
+            lm, limit = cfg.perplexity_model, cfg.max_perplexity
+            ds = _drop(ds, "perplexity", n, lambda t: "perplexity" if lm.perplexity(t) > limit else "", steps)
+        if cfg.exact_dedup:
+            start = time.perf_counter()
+            keys = ds.map(lambda r: {"_key": exact_key(r["text"])}, num_proc=n, desc="exact dedup")["_key"]
+            first: dict[str, int] = {}
+            keep = [first.setdefault(k, i) for i, k in enumerate(keys) if k not in first]
+            ds = _select(ds, "exact_dedup", keep, "exact_duplicate", steps, start)
+        if cfg.near_dedup_threshold:
+            start, hasher = time.perf_counter(), MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed)
+            sig = ds.map(lambda b: {"_sig": hasher.signatures(b["text"])}, batched=True, batch_size=1000,
+                         num_proc=n, desc="minhash")["_sig"]
+            sig = np.asarray(sig, dtype=np.uint32).reshape(len(ds), cfg.num_perm)
+            keep = cluster_signatures(sig, cfg.near_dedup_threshold).keep
+            ds = _select(ds, "near_dedup", keep, "near_duplicate", steps, start)
+        if cfg.decontaminate is not None:
+            dec = cfg.decontaminate
+            ds = _drop(ds, "decontaminate", n, lambda t: "+".join(sorted(dec.matches(t))), steps)
+        if cfg.redact_pii:
+            from minillm.pii import redact_pii
+
+            ds = _transform(ds, "redact_pii", n, redact_pii, steps)
+    finally:
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+    if not steps:
+        steps.append(StepReport("none", len(ds), len(ds), _nbytes(ds), _nbytes(ds)))
+    return ds, CurationReport(steps)
+
+
+# ---------------------------------------------------------------------------
+# Reading inputs and the `curate` command
+# ---------------------------------------------------------------------------
+
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".html", ".htm", ".rst")
+
+
+def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str = "text") -> list[str]:
+    """Documents from files and folders (searched recursively for ``.jsonl``/``.json`` and text files).
+
+    JSON Lines rows give their ``text_field``; text files give one document per
+    ``file``, per ``paragraph`` (blank-line separated) or per ``line``.
+    """
+    from pathlib import Path
+
+    if doc_per not in ("file", "paragraph", "line"):
+        raise ValueError(f"doc_per must be 'file', 'paragraph' or 'line', got {doc_per!r}")
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (*TEXT_SUFFIXES, ".jsonl", ".json"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist; give files or folders of .txt/.jsonl documents")
+    docs: list[str] = []
+    for f in files:
+        try:
+            raw = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{f} is not valid UTF-8 ({err}); convert it or leave it out") from err
+        if f.suffix in (".jsonl", ".json"):
+            rows = json.loads(raw) if f.suffix == ".json" else [json.loads(x) for x in raw.splitlines() if x.strip()]
+            for k, row in enumerate(rows if isinstance(rows, list) else [rows]):
+                if not isinstance(row, dict) or text_field not in row:
+                    raise KeyError(f"{f} row {k} has no {text_field!r} field; choose one with --text-field")
+                docs.append(str(row[text_field]))
+        elif doc_per == "file":
+            docs.append(raw)
+        else:
+            parts = raw.split("\n") if doc_per == "line" else regex.split(r"\n\s*\n", raw)
+            docs += [p for p in parts if p.strip()]
+    return docs
+
+
+def _curate_command(args: Any) -> int:
+    from pathlib import Path
+
+    from minillm.fileio import atomic_write
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite")
+    docs = read_documents(args.inputs, args.doc_per, args.text_field)
+    if not docs:
+        raise ValueError(f"no documents found in {args.inputs}")
+    quality = None if args.no_quality else QualityConfig(min_words=args.min_words)
+    decon = None if not args.decontaminate else Decontaminator.from_benchmarks(args.decontaminate, args.ngram)
+    cfg = CurationConfig(quality=quality, near_dedup_threshold=args.near_threshold or None, decontaminate=decon,
+                         redact_pii=not args.no_pii, num_proc=args.num_proc)
+    ds, report = curate(docs, cfg, progress=True)
+    lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ds["text"])
+    atomic_write(out / "curated.jsonl", lines)
+    atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=1))
+    print(report.table())
+    print(f"wrote {len(ds)} documents to {out / 'curated.jsonl'} and the report to {out / 'report.json'}")
+    return 0
+
+
+def add_curate_command(commands: Any) -> None:
+    """Add ``curate`` to an argparse subparsers object (``python -m minillm curate INPUT... --out DIR``)."""
+    p = commands.add_parser(
+        "curate", help="clean a text corpus: normalize, filter, deduplicate, decontaminate, redact PII",
+        description="Read documents from files/folders (.txt, .md, .py, ... one document per file, paragraph "
+        "or line; .jsonl rows with a text field), run the curation pipeline and write DIR/curated.jsonl "
+        "plus DIR/report.json (documents and bytes in/out per step, reasons for removal).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders to read")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--doc-per", default="file", choices=["file", "paragraph", "line"],
+                   help="how text files split into documents (default: file)")
+    p.add_argument("--text-field", default="text", help="field of JSON rows holding the text (default: text)")
+    p.add_argument("--min-words", type=int, default=50, help="quality rule: fewest words (default 50)")
+    p.add_argument("--no-quality", action="store_true", help="skip the heuristic quality rules")
+    p.add_argument("--near-threshold", type=float, default=0.8,
+                   help="Jaccard threshold of near-duplicate removal; 0 skips it (default 0.8)")
+    p.add_argument("--decontaminate", nargs="*", default=["hellaswag", "arc", "mmlu"], metavar="SET",
+                   help="evaluation sets to decontaminate against (default: hellaswag arc mmlu; none: skip)")
+    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram size in words (default 13)")
+    p.add_argument("--no-pii", action="store_true", help="skip privacy redaction")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.set_defaults(func=_curate_command)
