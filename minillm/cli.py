@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_datasets)
 
     from minillm.curation import add_curate_command
+    from minillm.train_cli import add_train_commands
 
     add_curate_command(commands)
+    add_train_commands(commands)
     return parser
 
 

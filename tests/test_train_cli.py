@@ -1,0 +1,125 @@
+"""`python -m minillm train | generate | quickstart`: in-process and in real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minillm import checkpoint as ckpt
+from minillm.cli import main
+from minillm.monitor import read_metrics
+
+TINY = ["--data", "the-verdict", "--n-layer", "1", "--n-head", "2", "--d-model", "32", "--context-length", "16",
+        "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "0", "--device", "cpu",
+        "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_train_then_generate(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "shakespeare-char", "--out", str(out), "--max-steps", "6",
+                 "--eval-interval", "3", "--lr", "3e-3", *TINY])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "val loss" in printed and str(out) in printed
+    config = ckpt.read_config(out)
+    assert (config.max_steps, config.lr, config.n_layer, config.data) == (6, 3e-3, 1, "the-verdict")
+    assert [r["step"] for r in read_metrics(out)] == list(range(7))
+    assert (out / "loss.png").is_file() and ckpt.latest_checkpoint(out).name == "step_0000006"
+
+    code = main(["generate", "--checkpoint", str(out), "--prompt", "I had\\n", "--max-new-tokens", "15",
+                 "--num-samples", "2", "--seed", "1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.count("--- sample") == 2 and printed.count("I had\n") == 2
+
+    # Resume without --preset: the run's own settings, with a longer schedule.
+    code = main(["train", "--out", str(out), "--resume", "--max-steps", "8", "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    assert ckpt.latest_checkpoint(out).name == "step_0000008"
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    assert main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'shakespeare'; choose one of gpt2-124m, quickstart, shakespeare-char" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--learning-rate", "3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown setting --learning-rate" in err and "--lr" in err and "--max-steps" in err
+    assert main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--max-steps", "ten"]) == 2
+    assert "'max_steps' needs a int, got 'ten'" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "x")]) == 2
+    assert "--preset" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path)]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "shakespeare-char", "--out", str(out), "--max-steps", "2", "--eval-interval", "2",
+            *TINY]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--n-layer", "2", "--no-progress"]) == 2
+    assert "'n_layer': (1, 2)" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "minillm", "train", "--preset", "shakespeare-char", "--out", str(out),
+           "--max-steps", "100000", "--eval-interval", "100000", *TINY]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"train exited early: {proc.communicate()}")
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stdout and "Traceback" not in stderr
+    last = read_metrics(out)[-1]["step"]
+    assert ckpt.latest_checkpoint(out).name == ckpt.checkpoint_name(last)
+
+
+def test_quickstart_runs_end_to_end(tmp_path):
+    out = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "minillm", "quickstart", "--out", str(out), "--max-steps", "2", "--no-progress"]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "def fibonacci(n):" in result.stdout and "--- completion 3 ---" in result.stdout
+    assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
+    assert ckpt.latest_checkpoint(out).name == "step_0000002"
+    assert (ckpt.latest_checkpoint(out) / "tokenizer.json").is_file()
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # never silently overwritten
