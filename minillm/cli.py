@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, OSError) as err:  # user mistakes, missing files, offline
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -337,69 +337,54 @@ def get_batch(tokens: Any, batch_size: int, context_length: int, device: str | t
 # From a named corpus to shards in one call (`python -m minillm prepare`)
 # ---------------------------------------------------------------------------
 
-TOKENIZERS = ("bpe", "char", "gpt2")
-
-
 def prepare_corpus(name: str, out_dir: str | os.PathLike | None = None, *, tokenizer: str = "bpe",
                    vocab_size: int = 4096, val_fraction: float = 0.1,
                    overwrite: bool = False) -> dict[str, Any]:
-    """Turn a named text corpus into a tokenizer plus train/val token shards.
+    """Turn a named text corpus into a tokenizer plus train/val token shards on disk.
 
-    Steps: find or download and verify the text (:func:`minillm.data.read_text`),
-    train a byte-level BPE of ``vocab_size`` tokens (``"bpe"``), build a
-    character vocabulary (``"char"``) or load GPT-2's BPE (``"gpt2"``); encode the
-    whole text (special-token strings in it are treated as plain text); hold out
-    the last ``val_fraction`` of tokens; write ``train``/``val`` shards,
-    ``tokenizer.json`` and ``summary.json`` into ``out_dir`` (default
+    The corpus, tokenizer and split are built exactly as for training
+    (:func:`minillm.presets.load_data`): find or download and verify the text,
+    train a byte-level BPE of ``vocab_size`` tokens on it (``"bpe"``), build a
+    character vocabulary (``"char"``) or use GPT-2's BPE (``"gpt2"``), encode it
+    and hold out the last ``val_fraction`` of the tokens. Writes ``train``/``val``
+    shards, ``tokenizer.json`` and ``summary.json`` into ``out_dir`` (default
     ``data/<name>-<tokenizer>``). An existing non-empty ``out_dir`` is an error
     unless ``overwrite``. Returns the summary (also written as JSON).
     """
     import time
 
-    from minillm.data import read_text
-    from minillm.tokenizer import BPETokenizer, CharTokenizer
+    from minillm.presets import load_data
+    from minillm.train import TrainConfig
 
-    if tokenizer not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+    config = TrainConfig(data=name, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                         tokenizer_chars=0)  # the BPE learns from the whole corpus
     out = Path(out_dir) if out_dir is not None else Path("data") / f"{name}-{tokenizer}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; choose another --out "
                               f"or pass --overwrite to replace its files")
-    t0 = time.perf_counter()
-    text = read_text(name)
-    t_read = time.perf_counter()
-    if tokenizer == "char":
-        tok: Any = CharTokenizer.from_text(text)
-    elif tokenizer == "gpt2":
-        tok = BPETokenizer.from_gpt2()
-    else:
-        tok = BPETokenizer.train(text, vocab_size)
-    t_train = time.perf_counter()
-    ids = tok.encode(text) if tokenizer == "char" else tok.encode(text, disallowed_special=())
-    t_encode = time.perf_counter()
-    tokens = np.asarray(ids, dtype=shard_dtype(tok.vocab_size))
-    train, val = split_tokens(tokens, val_fraction)
-    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = load_data(config)
+    seconds = time.perf_counter() - start
+    tok, n_tokens = data.tokenizer, len(data.train) + len(data.val)
     label = f"{tokenizer} ({tok.vocab_size} tokens)"
-    write_shards(train, out, tok.vocab_size, tokenizer=label, prefix="train")
-    write_shards(val, out, tok.vocab_size, tokenizer=label, prefix="val")
+    write_shards(data.train, out, tok.vocab_size, tokenizer=label, prefix="train")
+    write_shards(data.val, out, tok.vocab_size, tokenizer=label, prefix="val")
     tok.save(out / "tokenizer.json")
-    n_bytes = len(text.encode("utf-8"))
+    from minillm.data import read_text
+
+    n_bytes = len(read_text(name).encode("utf-8"))
     summary = {
         "dataset": name,
-        "characters": len(text),
         "bytes": n_bytes,
         "tokenizer": tokenizer,
         "vocab_size": tok.vocab_size,
-        "tokens": len(tokens),
-        "train_tokens": len(train),
-        "val_tokens": len(val),
-        "bytes_per_token": round(n_bytes / len(tokens), 3),
-        "dtype": tokens.dtype.name,
-        "seconds_read": round(t_read - t0, 2),
-        "seconds_tokenizer": round(t_train - t_read, 2),
-        "seconds_encode": round(t_encode - t_train, 2),
+        "tokens": n_tokens,
+        "train_tokens": len(data.train),
+        "val_tokens": len(data.val),
+        "bytes_per_token": round(n_bytes / n_tokens, 3),
+        "dtype": shard_dtype(tok.vocab_size).name,
+        "seconds": round(seconds, 2),
         "out_dir": str(out),
     }
-    atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -78,3 +78,16 @@ def test_prepare_other_tokenizers(tmp_path, kind):
         assert summary["tokens"] == len(text) and summary["vocab_size"] == len(set(text))
     else:  # GPT-2's own tokenizer, through tiktoken, is the independent reference
         assert tokens.tolist() == tiktoken.get_encoding("gpt2").encode_ordinary(text)
+
+
+def test_offline_and_missing_data_is_a_clear_error_not_a_traceback(tmp_path):
+    import os
+
+    env = {**os.environ, "MINILLM_DATA_DIR": str(tmp_path / "empty-mirror"),
+           "MINILLM_CACHE_DIR": str(tmp_path / "cache"), "http_proxy": "http://127.0.0.1:9",
+           "https_proxy": "http://127.0.0.1:9"}  # nothing listens on the discard port: fails at once
+    result = subprocess.run([sys.executable, "-m", "minillm", "prepare", "the-verdict", "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert "could not download" in result.stderr and "MINILLM_DATA_DIR" in result.stderr
+    assert "Traceback" not in result.stderr

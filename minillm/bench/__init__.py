@@ -18,6 +18,7 @@ BENCHMARKS = {
     "train": "minillm.bench.train",
     "evaluate": "minillm.bench.evaluate",
     "finetune": "minillm.bench.finetune",
+    "scaling": "minillm.bench.scaling",
 }
 
 
