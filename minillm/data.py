@@ -486,9 +486,10 @@ def load(name: str, split: str | None = None, subset: str | None = None, **kwarg
     else:
         get_spec(name)
         raise ValueError(f"{name!r} is not a table of examples; use download({name!r}) for its files")
-    if builder == "csv" and "column_names" in options:  # keep answers like "1" as strings
-        options = {**options, "features": datasets.Features(
-            {c: datasets.Value("string") for c in options["column_names"]})}
+    if builder == "csv":  # text stays text: no "None"/"NA" turned into missing values
+        options = {**options, "keep_default_na": False}
+        if "column_names" in options:  # keep answers like "1" as strings
+            options["features"] = datasets.Features({c: datasets.Value("string") for c in options["column_names"]})
     ds = datasets.load_dataset(builder, data_files=files, **options, **kwargs)
     if name == "mmlu":
         ds = datasets.DatasetDict({sp: _with_subjects(ds[sp], files[sp]) for sp in ds})

@@ -1,0 +1,247 @@
+"""minillm.evaluate and minillm.harness: scores against a tiny transformers GPT-2, by hand, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minillm.evaluate import (
+    MCResult,
+    Perplexity,
+    binomial_stderr,
+    encode_pair,
+    letter_ids,
+    loglikelihoods,
+    perplexity,
+    score_letters,
+    score_multiple_choice,
+    sliding_windows,
+    unigram_perplexity,
+)
+from minillm.harness import (
+    add_evaluate_command,
+    evaluate_tasks,
+    format_table,
+    load_checkpoint,
+)
+from minillm.model import GPT, GPTConfig
+from minillm.tasks import MCExample, letter_prompt, load_arc, load_hellaswag, load_mmlu
+from minillm.tokenizer import BPETokenizer, CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A tiny random Hugging Face GPT-2 with GPT-2's vocabulary, saved with save_pretrained."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf(hf_dir):
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def model(hf_dir):
+    return GPT.from_pretrained(hf_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer.from_gpt2()
+
+
+def hf_logprobs(hf, ids: list[int]) -> torch.Tensor:
+    """log p(ids[t] | ids[:t]) for t >= 1, from the transformers model itself: shape (len(ids) - 1,)."""
+    with torch.no_grad():
+        logp = hf(torch.tensor([ids[:-1]])).logits[0].double().log_softmax(-1)
+    return logp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def independent_loglik(hf, tok, context: str, continuation: str) -> float:
+    ctx, cont = tok.encode(context), tok.encode(continuation)
+    assert tok.encode(context + continuation) == ctx + cont  # so the split is unambiguous
+    return float(hf_logprobs(hf, ctx + cont)[-len(cont) :].sum())
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return load_hellaswag(limit=6) + load_arc("ARC-Challenge", limit=4)
+
+
+def test_multiple_choice_matches_transformers(model, hf, tok, examples):
+    result = score_multiple_choice(model, tok, examples, batch_size=7)
+    assert len(result.scores) == len(examples)
+    for ex, scores, acc, norm in zip(examples, result.scores, result.predictions["acc"],
+                                     result.predictions["acc_norm"]):  # fmt: skip
+        expected = [independent_loglik(hf, tok, ex.context, c) for c in ex.continuations]
+        np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+        assert acc == int(np.argmax(expected))
+        per_byte = [v / len(c.encode("utf-8")) for v, c in zip(expected, ex.continuations)]
+        assert norm == int(np.argmax(per_byte))
+    assert len({len(e.choices) for e in examples}) >= 1
+    assert {"acc", "acc_norm", "acc_token"} <= set(result.metrics())
+
+
+def test_batched_equals_unbatched(model, tok, examples):
+    one = score_multiple_choice(model, tok, examples, batch_size=1)
+    many = score_multiple_choice(model, tok, examples, batch_size=16)
+    np.testing.assert_allclose(np.concatenate(one.scores), np.concatenate(many.scores), atol=1e-5, rtol=0)
+    assert one.predictions == many.predictions
+
+
+def test_context_is_cut_from_the_left(model, hf, tok):
+    ctx = list(range(100, 300))  # 200 tokens: more than the context length 128
+    cont = [7, 8, 9]
+    (got,) = loglikelihoods(model, [(ctx, cont)])
+    kept = (ctx + cont)[-129:]  # 128 inputs predict the last 128 tokens
+    expected = float(hf_logprobs(hf, kept)[-3:].sum())
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_encode_pair_moves_trailing_space(tok):
+    assert encode_pair(tok, "The cat ", "sat") == (tok.encode("The cat"), tok.encode(" sat"))
+    with pytest.raises(ValueError, match="no tokens"):
+        loglikelihoods(GPT(GPTConfig(vocab_size=16, context_length=8, d_model=8, n_layer=1, n_head=2)), [([1], [])])
+
+
+def test_letters_match_transformers(model, hf, tok):
+    examples = load_mmlu(limit_per_subject=1, subjects=["anatomy", "virology", "astronomy"])
+    result = score_letters(model, tok, examples, batch_size=2)
+    letters = [tok.encode(f" {c}")[0] for c in "ABCD"]
+    for ex, scores, pred in zip(examples, result.scores, result.predictions["acc"]):
+        ids = tok.encode(letter_prompt(ex))
+        with torch.no_grad():
+            last = hf(torch.tensor([ids])).logits[0, -1]
+        np.testing.assert_allclose(scores, last[letters].numpy(), atol=1e-4, rtol=0)
+        assert pred == int(last[letters].argmax())
+    assert 0 < result.extra["letter_mass"] < 1
+
+
+def test_letter_ids_need_single_tokens(tok):
+    assert letter_ids(tok, 4) == [tok.encode(" " + c)[0] for c in "ABCD"]
+    with pytest.raises(ValueError, match="one token per letter"):
+        letter_ids(CharTokenizer.from_text(" ABCD"), 4)
+
+
+def test_perplexity_full_context_matches_transformers(model, hf, tok):
+    ids = tok.encode("The quick brown fox jumps over the lazy dog. " * 12)[:100]
+    expected = math.exp(-float(hf_logprobs(hf, ids).mean()))
+    for stride in (None, 10, 1):  # one window covers the text: the stride changes nothing
+        result = perplexity(model, ids, stride=stride, window=100)
+        assert result.n_tokens == 99
+        assert result.perplexity == pytest.approx(expected, rel=1e-5)
+
+
+def test_sliding_windows_hand_checked():
+    # 10 tokens, windows of 4 every 2: targets 1-4, then 5-6, 7-8, 9.
+    assert sliding_windows(10, 4, 2) == [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 9, 8)]
+    assert sliding_windows(9, 4, 4) == [(0, 4, 0), (4, 8, 4)]
+    with pytest.raises(ValueError, match="stride"):
+        sliding_windows(10, 4, 5)
+
+
+def test_perplexity_with_stride_hand_checked(model, hf):
+    ids = [5, 17, 300, 4000, 12, 99, 7, 1000, 42, 8]
+    # By hand: each target token and the context the window gives it (window 4, stride 2).
+    scored = [(ids[0:1], ids[1]), (ids[0:2], ids[2]), (ids[0:3], ids[3]), (ids[0:4], ids[4]),
+              (ids[2:5], ids[5]), (ids[2:6], ids[6]), (ids[4:7], ids[7]), (ids[4:8], ids[8]),
+              (ids[6:9], ids[9])]  # fmt: skip
+    nll = [-float(hf_logprobs(hf, ctx + [t])[-1]) for ctx, t in scored]
+    result = perplexity(model, ids, window=4, stride=2, batch_size=3)
+    assert result.n_tokens == 9
+    assert result.loss == pytest.approx(sum(nll) / 9, abs=1e-5)
+    full_window = perplexity(model, ids, window=4, stride=1)  # every token with up to 4 tokens of context
+    nll1 = [-float(hf_logprobs(hf, ids[max(0, t - 4) : t + 1])[-1]) for t in range(1, 10)]
+    assert full_window.loss == pytest.approx(sum(nll1) / 9, abs=1e-5)
+    with pytest.raises(ValueError, match="context length"):
+        perplexity(model, ids, window=1000)
+
+
+def test_unigram_perplexity_hand_computed():
+    # counts 2, 1, 0 plus one each: p = 3/6, 2/6, 1/6; the scored tokens are 0 and 1.
+    result = unigram_perplexity([0, 0, 1], [2, 0, 1], vocab_size=3)
+    assert result.n_tokens == 2
+    assert result.loss == pytest.approx(-(math.log(3 / 6) + math.log(2 / 6)) / 2)
+    assert Perplexity(math.log(4.0), 1).perplexity == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="smoothing"):
+        unigram_perplexity([0], [0, 0], 2, smoothing=0)
+
+
+def test_binomial_stderr_and_result_aggregates():
+    assert binomial_stderr(0.25, 100) == pytest.approx(math.sqrt(0.25 * 0.75 / 100))
+    exs = [MCExample(str(i), "q", ["a", "b"], i % 2, "c", [" a", " b"], subject="xy"[i // 3]) for i in range(4)]
+    # labels 0 1 0 1, subjects x x x y; predicting 0 always: x 2/3 right, y 0/1
+    result = MCResult("t", "loglik", exs, [[0.0, 0.0]] * 4, {"acc": [0, 0, 0, 0]})
+    assert result.accuracy() == 0.5
+    assert result.by_subject() == {"x": (pytest.approx(2 / 3), 3), "y": (0.0, 1)}
+    macro, micro = result.macro_micro()
+    assert macro == pytest.approx((2 / 3 + 0) / 2) and micro == 0.5
+    m = result.metrics()
+    assert m["chance"] == 0.5 and m["n"] == 4 and m["acc_stderr"] == pytest.approx(0.25)
+    with pytest.raises(KeyError, match="acc_norm"):
+        result.accuracy("acc_norm")
+
+
+def test_evaluate_tasks_and_table(model, tok):
+    report = evaluate_tasks(model, tok, ["hellaswag", "truthfulqa-mc", "mmlu"], limit=1,
+                            methods=("loglik", "letter"), batch_size=32, progress=False)  # fmt: skip
+    assert set(report) == {"hellaswag", "hellaswag/letter", "truthfulqa-mc", "truthfulqa-mc/letter", "mmlu",
+                           "mmlu/letter"}  # fmt: skip
+    assert report["hellaswag"]["n"] == 1 and report["mmlu"]["n"] == 57
+    assert len(report["mmlu"]["subjects"]) == 57
+    table = format_table(report)
+    assert "hellaswag" in table and "acc_norm" in table and "±" in table
+    with pytest.raises(ValueError, match="methods"):
+        evaluate_tasks(model, tok, ["hellaswag"], methods=("guess",))
+
+
+def _run_cli(argv):
+    parser = argparse.ArgumentParser()
+    add_evaluate_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_writes_json(hf_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = _run_cli(["evaluate", "--checkpoint", str(hf_dir), "--tasks", "arc-easy,arc-challenge", "--limit", "3",
+                     "--out", str(out), "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "arc-easy" in printed and "arc-challenge" in printed
+    results = json.loads(out.read_text())["results"]
+    assert results["arc-easy"]["n"] == 3 and 0 <= results["arc-easy"]["acc"] <= 1
+    with pytest.raises(ValueError, match="unknown tasks"):
+        _run_cli(["evaluate", "--checkpoint", str(hf_dir), "--tasks", "hellaswog"])
+
+
+def test_load_checkpoint_minillm_folder(tmp_path, tok):
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=16, d_model=16, n_layer=1, n_head=2))
+    model.save(tmp_path)
+    tok.save(tmp_path / "tokenizer.json")
+    loaded, loaded_tok = load_checkpoint(str(tmp_path))
+    assert not loaded.training and loaded_tok.encode("hi there") == tok.encode("hi there")
+    torch.testing.assert_close(loaded.tok_emb.weight, model.tok_emb.weight)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_checkpoint(str(tmp_path / "missing"))
+
+
+def test_benchmark_runs(capsys):
+    from minillm.bench.evaluate import main
+
+    assert main(["--limit", "2", "--batch-size", "4", "--device", "cpu", "--n-layer", "1", "--d-model", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "examples/s" in out and "same answers" in out
