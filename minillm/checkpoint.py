@@ -42,7 +42,7 @@ TRAINER_FORMAT = "minillm-trainer"
 #: Settings a resumed run may change; any other difference is a mismatched checkpoint.
 RESUMABLE = frozenset({
     "max_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints", "sample_prompt",
-    "sample_tokens", "device", "compile", "peak_tflops",
+    "sample_tokens", "device", "compile", "peak_tflops", "activation_checkpointing", "reshard_after_forward",
 })  # fmt: skip
 _RUN_FILES = ("train_config.json", "tokenizer.json", "metrics.jsonl", "samples.txt", "loss.png")
 
@@ -66,10 +66,12 @@ def write_checkpoint_files(directory: Path, model: GPT, tokenizer: Any, config: 
 
 
 def save(run_dir: str | os.PathLike, step: int, model: GPT, optimizer: torch.optim.Optimizer,
-         data_rng: torch.Generator, config: TrainConfig, tokenizer: Any) -> Path:  # fmt: skip
+         data_rng: torch.Generator, config: TrainConfig, tokenizer: Any, scaler: Any = None) -> Path:  # fmt: skip
     """Save the state after `step` steps as `run_dir/checkpoints/step_N`, point `latest` at it, prune.
 
     Keeps the newest `config.keep_checkpoints` checkpoints. Returns the checkpoint folder.
+    `scaler`: an fp16 gradient scaler whose state is saved too. (Multi-process
+    runs save sharded checkpoints with `minillm.distributed.save_checkpoint`.)
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -85,6 +87,8 @@ def save(run_dir: str | os.PathLike, step: int, model: GPT, optimizer: torch.opt
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "data_rng": data_rng.get_state(),
     }
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
     write_checkpoint_files(tmp, model, tokenizer, config, state)
     if final.exists():  # the same step saved again (e.g. stopped right after resuming)
         old = root / f".{final.name}.old"
@@ -126,11 +130,15 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
 
 
 def restore(checkpoint: Path, model: GPT, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
-            device: torch.device | str = "cpu") -> int:  # fmt: skip
-    """Load a checkpoint into `model`, `optimizer`, `data_rng` and the global RNGs; return its step.
+            device: torch.device | str = "cpu", scaler: Any = None) -> int:  # fmt: skip
+    """Load a checkpoint into `model`, `optimizer`, `data_rng` and the global RNGs (and `scaler`); return its step.
 
-    Raises ValueError when the checkpoint's model does not match `model`'s config.
+    Raises ValueError when the checkpoint's model does not match `model`'s config,
+    or when it is a sharded (multi-process) checkpoint.
     """
+    if not (checkpoint / "model.safetensors").is_file() and (checkpoint / "dcp").is_dir():
+        raise ValueError(f"{checkpoint} is a sharded checkpoint of a multi-process run; resume it with the same "
+                         "torchrun launch and --strategy, or export it (minillm.distributed.export_checkpoint)")
     from safetensors.torch import load_file
 
     saved = GPTConfig(**json.loads((checkpoint / "config.json").read_text()))
@@ -147,6 +155,8 @@ def restore(checkpoint: Path, model: GPT, optimizer: torch.optim.Optimizer, data
     if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     data_rng.set_state(state["data_rng"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     return int(state["step"])
 
 
@@ -194,19 +204,24 @@ def write_run_files(out: Path, config: TrainConfig, tokenizer: Any) -> None:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Any]:
-    """(model in eval mode, tokenizer) from a run folder (its latest checkpoint) or a checkpoint folder."""
+    """(model in eval mode, tokenizer) from a run folder (its latest checkpoint) or a checkpoint folder (sharded too)."""
     from minillm.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a directory; pass a run folder (--out of train) or a checkpoint")
-    if not (path / "model.safetensors").is_file():
+    if not (path / "model.safetensors").is_file() and not (path / "dcp").is_dir():
         checkpoint = latest_checkpoint(path)
         if checkpoint is None:
             raise FileNotFoundError(f"{path} holds no checkpoint (no model.safetensors, no {CHECKPOINTS}/latest)")
         path = checkpoint
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{path} has no tokenizer.json; checkpoints written by minillm.train include one")
-    model = GPT.load(path, device=device)
+    if (path / "model.safetensors").is_file():
+        model = GPT.load(path, device=device)
+    else:  # a sharded checkpoint of a multi-process run, gathered here in one process
+        from minillm.distributed import load_sharded_model
+
+        model = load_sharded_model(path, device=device)
     model.eval()
     return model, load_tokenizer(path / "tokenizer.json")

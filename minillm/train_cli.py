@@ -7,9 +7,13 @@
     python -m minillm train --out runs/shakespeare --resume
     python -m minillm generate --checkpoint runs/shakespeare --prompt "ROMEO:"
     python -m minillm quickstart
+    torchrun --nproc_per_node=2 -m minillm train --preset shakespeare-char --out runs/ddp --strategy ddp \
+        --grad-accum 2 [--precision bf16|fp16|fp32] [--activation-checkpointing] [--compile]
 
 Every `TrainConfig` field is a `--key value` option of `train` (dashes or
-underscores), typed from the dataclass.
+underscores), typed from the dataclass; a true/false setting given alone
+(`--compile`) means true. Under `torchrun` (chapter 06) every process runs the
+command; only rank 0 prints and writes run files.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     for f in dataclasses.fields(TrainConfig):
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # both spellings, once each
+        extra = {"nargs": "?", "const": "true"} if kind == "bool" else {}  # --compile alone means --compile true
         settings.add_argument(*flags, dest=_FIELD_PREFIX + f.name, metavar=kind.upper(), default=None,
-                              help=f"default {f.default!r}")  # fmt: skip
+                              help=f"default {f.default!r}", **extra)  # fmt: skip
     _strict(p, [f.name for f in dataclasses.fields(TrainConfig)])
     p.set_defaults(func=_train)
 
@@ -127,21 +132,23 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(config: TrainConfig, out: Path, resume: bool, overwrite: bool, progress: bool) -> int:
     from minillm.device import resolve_device
+    from minillm.distributed import print0
     from minillm.train import NonFiniteLossError, train
 
     device = resolve_device(config.device)
-    print(f"run {out}: {config.n_layer} layers, width {config.d_model}, context {config.context_length}, "
+    print0(f"run {out}: {config.n_layer} layers, width {config.d_model}, context {config.context_length}, "
           f"{config.tokens_per_step:,} tokens/step, {config.max_steps:,} steps on {device}"
+          + (f", strategy {config.strategy}" if config.strategy != "single" else "")
           + (" (resuming)" if resume else ""), flush=True)  # fmt: skip
     try:
         result = train(config, out, resume=resume, overwrite=overwrite, progress=progress)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    print(f"step {result.step}: val loss {result.val_loss:.4f} (perplexity {_ppl(result.val_loss)}) "
+    print0(f"step {result.step}: val loss {result.val_loss:.4f} (perplexity {_ppl(result.val_loss)}) "
           f"in {result.seconds:.0f} s; checkpoint, metrics.jsonl and loss.png in {out}")  # fmt: skip
     if result.interrupted:
-        print(f"interrupted: continue with  python -m minillm train --out {out} --resume")
+        print0(f"interrupted: continue with  python -m minillm train --out {out} --resume")
         return 130
     return 0
 
