@@ -39,6 +39,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m minillm` argument parser with every command registered."""
     parser = argparse.ArgumentParser(
         prog="python -m minillm",
         description="minillm: build a large language model from scratch. "
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user mistakes print `error: ...` and return exit code 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
