@@ -71,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_datasets)
 
     from minillm.curation import add_curate_command
+    from minillm.finetune import add_finetune_command
     from minillm.harness import add_evaluate_command
     from minillm.train_cli import add_train_commands
 
     add_curate_command(commands)
     add_train_commands(commands)
+    add_finetune_command(commands)
     add_evaluate_command(commands)
     return parser
 

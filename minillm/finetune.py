@@ -1,0 +1,357 @@
+"""Fine-tuning a pretrained GPT: which weights train, the shared loop, the command (chapter 07).
+
+Chapter 07 (`07_finetuning`) adapts a pretrained language model three ways,
+each in its own module: a classifier (`minillm.classify`), instruction following
+(`minillm.instruct`) and low-rank adapters (`minillm.lora`). They share what
+lives here:
+
+* `set_trainable`: freeze everything but the head, the last k blocks, or nothing
+  (transfer learning);
+* `FinetuneConfig` and `finetune(model, train_loader, val_loader, config)`: the
+  loop. It reuses the pretraining machinery of chapter 05 instead of copying it:
+  `minillm.optim` (AdamW parameter groups, `lr_at` schedules, `clip_grad_norm`),
+  `minillm.train` (devices, precision, `forward_backward`, `plot_metrics`) and
+  the `metrics.jsonl` record format;
+* `evaluate_loader`: loss, and accuracy for classifiers, over a loader;
+* `add_finetune_command`: `python -m minillm finetune --task classify|instruct`.
+
+Batches are dicts of the model's keyword arguments, so one loop trains both a
+`GPTClassifier` (`idx`, `targets` (B,), `lengths` (B,)) and a plain `GPT` on
+instruction data (`idx`, `targets` (B, T) with -100 where the loss ignores a
+position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from minillm.fileio import atomic_write
+from minillm.model import GPT
+
+# ---------------------------------------------------------------------------
+# Which parameters train
+# ---------------------------------------------------------------------------
+
+
+def _gpt_of(model: nn.Module) -> GPT:
+    from minillm.classify import GPTClassifier
+
+    if isinstance(model, GPTClassifier):
+        return model.gpt
+    if isinstance(model, GPT):
+        return model
+    raise TypeError(f"expected a minillm GPT or GPTClassifier, got {type(model).__name__}")
+
+
+def set_trainable(model: nn.Module, layers: str | int = "all") -> dict[str, int | float]:
+    """Choose which parameters train; returns `minillm.lora.count_parameters(model)`.
+
+    `layers`: "all" (full fine-tuning), "none", "head" (the output head only: a
+    linear probe on frozen features), or an int k >= 0: the head, the final norm
+    and the last k transformer blocks (transfer learning: the early layers keep
+    their general features). For a plain GPT with tied embeddings the head is the
+    token embedding, so "head" trains the embedding too.
+    """
+    from minillm.lora import count_parameters
+
+    gpt = _gpt_of(model)
+    n_layer = gpt.config.n_layer
+    if isinstance(layers, bool) or not (layers in ("all", "none", "head") or (isinstance(layers, int) and
+                                                                                0 <= layers <= n_layer)):
+        raise ValueError(f"layers must be 'all', 'none', 'head' or a number of blocks in [0, {n_layer}], "
+                         f"got {layers!r}")  # fmt: skip
+    model.requires_grad_(layers == "all")
+    if layers not in ("all", "none"):
+        gpt.lm_head.requires_grad_(True)
+        if isinstance(layers, int):
+            gpt.norm_f.requires_grad_(True)
+            for block in gpt.blocks[n_layer - layers :]:
+                block.requires_grad_(True)
+    return count_parameters(model)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | None = None,
+                    precision: str = "fp32") -> dict[str, float]:  # fmt: skip
+    """Mean loss over (up to `max_batches` of) a loader; for a classifier also the accuracy.
+
+    Returns {"loss": ...} or, when the model gives one score row per sequence
+    (logits (B, K) with targets (B,), a `GPTClassifier`), {"loss": ..., "accuracy": ...}.
+    The loss is averaged per sequence (classification) or per batch (language modelling).
+    """
+    from minillm.train import autocast
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count, batches, classifier = 0.0, 0, 0, 0, False
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = _to(batch, device)
+        with autocast(device, precision):
+            logits, loss = model(**batch)
+        n = batch["idx"].size(0)
+        classifier = batch["targets"].dim() == 1
+        if classifier:
+            correct += int((logits.argmax(-1) == batch["targets"]).sum())
+        total_loss += float(loss) * (n if classifier else 1)
+        count += n
+        batches += 1
+    model.train(was_training)
+    if batches == 0:
+        raise ValueError("the loader gave no batches to evaluate")
+    if classifier:
+        return {"loss": total_loss / count, "accuracy": correct / count}
+    return {"loss": total_loss / batches}
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune: optimizer, schedule, clipping, evaluation. Defaults suit a small model on a CPU."""
+
+    epochs: int = 3  # passes over the training loader (max_steps > 0 overrides)
+    max_steps: int = 0
+    lr: float = 5e-4
+    min_lr: float = 5e-5
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # minillm.optim.SCHEDULES
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 50  # steps between validation passes (and at the end)
+    eval_batches: int = 0  # validation batches per pass (0: all)
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 123
+
+    def __post_init__(self) -> None:
+        from minillm.optim import SCHEDULES
+
+        for name in ("epochs", "eval_interval"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_steps < 0 or self.eval_batches < 0 or self.warmup_steps < 0:
+            raise ValueError("max_steps, eval_batches and warmup_steps must be >= 0")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass
+class FinetuneResult:
+    """What `finetune` returns: the model (eval mode), the metrics records and the wall time."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # metrics.jsonl records
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def finetune(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    config: FinetuneConfig,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Train the parameters of `model` that require gradients; return the metrics.
+
+    Each step: learning rate from `minillm.optim.lr_at`, forward and backward
+    (`minillm.train.forward_backward`), gradient clipping (`clip_grad_norm`), an
+    AdamW step over `minillm.optim.param_groups` (frozen parameters are left out).
+    Every `eval_interval` steps and at the end: validation loss (and accuracy for
+    a classifier). With `out_dir`, writes `metrics.jsonl` and `loss.png` there
+    (`minillm.train.plot_metrics`); the model itself is saved by the caller
+    (`GPTClassifier.save`, `GPT.save`, `minillm.lora.save_adapter`).
+    """
+    from tqdm.auto import tqdm
+
+    from minillm.optim import clip_grad_norm, lr_at, make_optimizer
+    from minillm.train import forward_backward, plot_metrics, resolve_device, resolve_precision
+
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires a gradient; unfreeze some (set_trainable) or inject LoRA adapters")
+    torch.manual_seed(config.seed)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2))
+    total = config.max_steps or config.epochs * len(train_loader)
+    warmup = min(config.warmup_steps, total)
+    result = FinetuneResult(model)
+    out = Path(out_dir) if out_dir is not None else None
+
+    def evaluate(record: dict) -> None:
+        if val_loader is not None:
+            stats = evaluate_loader(model, val_loader, config.eval_batches or None, precision)
+            record.update({f"val_{k}": v for k, v in stats.items()})
+
+    step, tokens, t_last = 0, 0, time.perf_counter()
+    bar = tqdm(total=total, disable=not progress, desc="finetune", unit="step", dynamic_ncols=True)
+    model.train()
+    while step < total:
+        for batch in train_loader:
+            lr = lr_at(step, config.schedule, config.lr, total, warmup, config.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = _to(batch, device)
+            # chapter 05's step (autocast, backward); our batches are keyword dicts, so adapt the call
+            loss = float(forward_backward(lambda kwargs, _: model(**kwargs), [(batch, None)], device, precision))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"fine-tuning loss is {loss} at step {step + 1} (lr {lr:.3g}); "
+                                         "lower the learning rate or keep grad_clip on")  # fmt: skip
+            norm = clip_grad_norm(params, config.grad_clip) if config.grad_clip > 0 else None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens += int(batch["lengths"].sum()) if "lengths" in batch else batch["idx"].numel()
+            record = {"step": step, "train_loss": loss, "lr": lr}
+            if norm is not None:
+                record["grad_norm"] = float(norm)
+            if step % config.eval_interval == 0 or step == total:
+                record["tokens_per_s"] = tokens / (time.perf_counter() - t_last)
+                evaluate(record)
+                model.train()
+                tokens, t_last = 0, time.perf_counter()
+            result.history.append(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if step >= total:
+                break
+    bar.close()
+    result.steps, result.seconds = step, time.perf_counter() - t0
+    model.eval()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+        plot_metrics(result.history, out / "loss.png", title="fine-tuning loss")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Command line: python -m minillm finetune
+# ---------------------------------------------------------------------------
+
+
+def load_base(checkpoint: str) -> tuple[GPT, Any]:
+    """(model, tokenizer) to fine-tune: a minillm run or checkpoint folder, else a Hugging Face GPT-2
+    directory or hub name (with GPT-2's tokenizer)."""
+    from minillm.checkpoint import load_model
+    from minillm.tokenizer import BPETokenizer
+
+    path = Path(checkpoint)
+    if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "checkpoints").is_dir()):
+        return load_model(path)
+    return GPT.from_pretrained(checkpoint), BPETokenizer.from_gpt2()
+
+
+def add_finetune_command(commands: argparse._SubParsersAction) -> None:
+    """Add `finetune` to the `python -m minillm` subcommands (`commands` from `add_subparsers`)."""
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a base model: spam classification or instruction following (optionally LoRA)",
+        description="Fine-tune a minillm checkpoint (or a Hugging Face GPT-2 directory / hub name) on the SMS "
+        "spam classification task or on the instruction data set. Writes the fine-tuned model, metrics.jsonl, "
+        "loss.png and results.json into --out (with --lora-rank, also adapter.safetensors).",
+    )
+    p.add_argument("--task", required=True, choices=["classify", "instruct"])
+    p.add_argument("--checkpoint", required=True, help="minillm run or checkpoint folder, or a GPT-2 dir / name")
+    p.add_argument("--out", required=True, help="output directory (must be empty or missing)")
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: full fine-tuning)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: 2 * rank)")
+    p.add_argument("--train-blocks", default="all",
+                   help="without LoRA: 'all', 'head' or the number of last blocks to train")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; 2e-3 with LoRA)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--template", default="alpaca", choices=["alpaca", "chat"], help="instruct: the prompt format")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=123)
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from minillm import classify
+    from minillm.instruct import (
+        add_special_tokens,
+        generate_response,
+        instruction_loader,
+        instruction_splits,
+        resize_vocab,  # fmt: skip
+    )
+    from minillm.lora import GPT2_TARGETS, LoRAConfig, inject_lora, remove_lora, save_adapter
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    if args.lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 0, got {args.lora_rank}")
+    model, tokenizer = load_base(args.checkpoint)
+    ctx = model.config.context_length
+    if args.task == "classify":
+        splits = classify.spam_splits(seed=args.seed)
+        loaders = {name: classify.classification_loader(rows, tokenizer, ctx, args.batch_size, shuffle=name == "train",
+                                                  seed=args.seed) for name, rows in splits.items()}  # fmt: skip
+        model = classify.GPTClassifier(model, 2, classify.SPAM_LABELS)
+    else:
+        if args.template == "chat":
+            tokenizer = add_special_tokens(tokenizer)
+            model = resize_vocab(model, tokenizer.vocab_size)
+        splits = instruction_splits(seed=args.seed)
+        loaders = {name: instruction_loader(rows, tokenizer, ctx, args.batch_size, args.template,
+                                            shuffle=name == "train", seed=args.seed)
+                   for name, rows in splits.items()}  # fmt: skip
+    lora = None
+    if args.lora_rank:
+        lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha or 2.0 * args.lora_rank, targets=GPT2_TARGETS)
+        inject_lora(model, lora)
+        if args.task == "classify":
+            model.head.requires_grad_(True)  # a new head has nothing to adapt: train it fully
+    else:
+        blocks = args.train_blocks
+        set_trainable(model, int(blocks) if blocks.isdigit() else blocks)
+    config = FinetuneConfig(epochs=args.epochs, max_steps=args.max_steps, device=args.device, seed=args.seed,
+                               lr=args.lr or (2e-3 if lora else 5e-4))  # fmt: skip
+    config.min_lr = config.lr / 10
+    result = finetune(model, loaders["train"], loaders["val"], config, out)
+    summary: dict[str, Any] = {"task": args.task, "steps": result.steps, "seconds": round(result.seconds, 1),
+                               "test": evaluate_loader(model, loaders["test"])}  # fmt: skip
+    if lora is not None:
+        save_adapter(model, out / "adapter.safetensors", lora)
+        remove_lora(model)  # merged: an ordinary model on disk
+    model.save(out / "model")  # classify: GPTClassifier.save; instruct: GPT.save (load with load_model)
+    tokenizer.save(out / "model" / "tokenizer.json")
+    if args.task == "instruct":
+        summary["samples"] = [{"instruction": ex["instruction"], "input": ex.get("input", ""),
+                               "response": generate_response(model, tokenizer, ex, args.template)}
+                              for ex in splits["test"][:3]]  # fmt: skip
+    atomic_write(out / "results.json", json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary["test"]), f"({result.steps} steps, {result.seconds:.0f}s); wrote {out}")
+    return 0

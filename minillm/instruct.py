@@ -1,0 +1,249 @@
+"""Instruction tuning: prompt formats, masked-loss batches, special tokens, responses (chapter 07).
+
+Chapter 07 (`07_finetuning`) teaches a pretrained model to follow instructions
+by training it on (instruction, input, response) examples:
+
+* prompt formats: `format_prompt(example, "alpaca")` (the Stanford Alpaca
+  layout: a preamble, "### Instruction:", optional "### Input:", "### Response:")
+  or `"chat"` (turns marked by special tokens `<|user|>`, `<|assistant|>`,
+  `<|end|>`, which `add_special_tokens` adds to a BPE tokenizer and `resize_vocab`
+  to the model);
+* `InstructionDataset` + `instruction_collate`: prompt and response tokens,
+  padded per batch, truncated to the context; the targets are the inputs shifted
+  by one, with -100 (ignored by the loss) on padding and, with `mask_prompt`, on
+  the prompt, so the model learns to write responses, not to repeat prompts;
+* `generate_response`: greedy decoding up to the end-of-response token, and
+  `extract_response` for text produced some other way;
+* `instruction_splits`: the book's 1,100 instruction examples split with a seed.
+
+The training loop is `minillm.finetune.finetune`, the same as for classification;
+`python -m minillm finetune --task instruct` runs it from the command line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from minillm.model import GPT
+
+IGNORE_INDEX = -100  # targets with this value add nothing to the cross-entropy
+TEMPLATES = ("alpaca", "chat")
+CHAT_TOKENS = ("<|user|>", "<|assistant|>", "<|end|>")
+ENDOFTEXT = "<|endoftext|>"
+_PREAMBLE = ("Below is an instruction that describes a task. "
+             "Write a response that appropriately completes the request.")  # fmt: skip
+_RESPONSE = "\n\n### Response:\n"
+
+
+def format_prompt(example: dict, template: str = "alpaca") -> str:
+    """The prompt text of an example (its `instruction` and optional `input`), ending where the response starts."""
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+    if not isinstance(example, dict) or not example.get("instruction"):
+        raise KeyError("an instruction example is a dict with a non-empty 'instruction' (and optional 'input')")
+    extra = example.get("input") or ""
+    if template == "alpaca":
+        text = f"{_PREAMBLE}\n\n### Instruction:\n{example['instruction']}"
+        return text + (f"\n\n### Input:\n{extra}" if extra else "") + _RESPONSE
+    user = example["instruction"] + (f"\n\n{extra}" if extra else "")
+    return f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
+
+
+def end_token(template: str) -> str:
+    """The special token that ends a response: <|endoftext|> (alpaca) or <|end|> (chat)."""
+    return ENDOFTEXT if template == "alpaca" else "<|end|>"
+
+
+def extract_response(text: str, template: str = "alpaca") -> str:
+    """The response part of a generated text: after the prompt's response marker, before the end token."""
+    marker = _RESPONSE if template == "alpaca" else "<|assistant|>\n"
+    start = text.rfind(marker)
+    response = text[start + len(marker) :] if start >= 0 else text
+    for stop in (end_token(template), "\n### ", "<|user|>"):
+        response = response.split(stop, 1)[0]
+    return response.strip()
+
+
+# ---------------------------------------------------------------------------
+# Special tokens: grow the tokenizer and the model together
+# ---------------------------------------------------------------------------
+
+
+def add_special_tokens(tokenizer: Any, names: tuple[str, ...] = CHAT_TOKENS) -> Any:
+    """A copy of a `BPETokenizer` with `names` appended as special tokens (ids vocab_size, +1, ...).
+
+    Tokens it already has are kept as they are. The model must grow with it: `resize_vocab`.
+    """
+    from minillm.tokenizer import BPETokenizer
+
+    if not isinstance(tokenizer, BPETokenizer):
+        raise TypeError(f"special tokens need a BPETokenizer (byte-level), got {type(tokenizer).__name__}")
+    vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
+    specials = dict(tokenizer.special_tokens)
+    for name in names:
+        if name not in specials:
+            specials[name] = len(vocab)
+            vocab.append(name.encode("utf-8"))
+    return BPETokenizer(vocab, tokenizer.merges, specials, pattern=tokenizer.pattern)
+
+
+@torch.no_grad()
+def resize_vocab(model: GPT, vocab_size: int) -> GPT:
+    """A copy of `model` with `vocab_size` token rows; new rows start at the mean embedding.
+
+    Starting new tokens at the average embedding (rather than at random) keeps the
+    model's predictions for ordinary text almost unchanged at first.
+    """
+    import dataclasses
+
+    old = model.config.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"resize_vocab only grows the vocabulary ({old} -> {vocab_size} would drop tokens)")
+    config = dataclasses.replace(model.config, vocab_size=vocab_size)
+    w = model.tok_emb.weight
+    bigger = GPT(config).to(device=w.device, dtype=w.dtype)
+    state = model.state_dict()
+    for key in ("tok_emb.weight", "lm_head.weight"):
+        if key in state:
+            rows = bigger.state_dict()[key].clone()
+            rows[:old] = state[key][:old]
+            rows[old:vocab_size] = state[key][:old].mean(dim=0)
+            state[key] = rows
+    bigger.load_weights(state, source="resize_vocab")
+    return bigger.train(model.training)
+
+
+# ---------------------------------------------------------------------------
+# Data: splits, dataset, collate
+# ---------------------------------------------------------------------------
+
+
+def instruction_splits(seed: int = 123, fractions: tuple[float, float, float] = (0.85, 0.05, 0.10)) -> dict:
+    """The `instruction` data set (1,100 examples) shuffled with `seed` and cut into train/val/test lists."""
+    from minillm.data import load
+
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative numbers adding up to 1, got {fractions}")
+    rows = load("instruction", split="train").to_list()
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_train, n_val = round(fractions[0] * len(rows)), round(fractions[1] * len(rows))
+    cuts = {"train": order[:n_train], "val": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
+    return {name: [rows[i] for i in idx] for name, idx in cuts.items()}
+
+
+def encode_example(example: dict, tokenizer: Any, template: str = "alpaca") -> tuple[list[int], int]:
+    """(prompt + response + end token ids, number of prompt tokens).
+
+    Prompt and response are encoded separately, so the prompt's ids are exactly
+    those `generate_response` feeds the model. Special-token text inside the
+    data is encoded as plain text; only the template's markers are special.
+    """
+    from minillm.classify import encode_plain
+
+    end = end_token(template)
+    specials = getattr(tokenizer, "special_tokens", {})
+    needed = [end] + (list(CHAT_TOKENS) if template == "chat" else [])
+    missing = [t for t in needed if t not in specials]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the special tokens {missing}; add them with "
+                         "add_special_tokens(tokenizer, ...) and grow the model with resize_vocab")  # fmt: skip
+    prompt = _encode_template(format_prompt(example, template), tokenizer)
+    response = encode_plain(tokenizer, example.get("output", "")) + [specials[end]]
+    return prompt + response, len(prompt)
+
+
+def _encode_template(text: str, tokenizer: Any) -> list[int]:
+    """Encode a prompt in which only the chat markers are special tokens."""
+    return tokenizer.encode(text, allowed_special=set(CHAT_TOKENS) & set(tokenizer.special_tokens),
+                            disallowed_special=())  # fmt: skip
+
+
+class InstructionDataset(Dataset):
+    """Instruction examples, tokenized once; item i is (ids, prompt length) from `encode_example`.
+
+    With `max_length` (the model's context), examples whose prompt alone fills the
+    context are dropped (`dropped` counts them): no response token would be left
+    to learn from, and a batch of only those would have no loss at all.
+    """
+
+    def __init__(self, examples: list[dict], tokenizer: Any, template: str = "alpaca",
+                 max_length: int | None = None) -> None:  # fmt: skip
+        items = [encode_example(ex, tokenizer, template) for ex in examples]
+        self.items = [it for it in items if max_length is None or it[1] < max_length]
+        self.dropped = len(items) - len(self.items)
+        if not self.items:
+            raise ValueError(f"all {len(items)} examples have prompts of max_length={max_length} tokens or "
+                             "more; use a model with a longer context")  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.items[i]
+
+
+def instruction_collate(batch: list[tuple[list[int], int]], pad_id: int, max_length: int | None = None,
+                        mask_prompt: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Language-model inputs and targets for a batch of (ids, prompt length) pairs.
+
+    For one example with ids s_0 .. s_n: inputs s_0 .. s_{n-1}, targets s_1 .. s_n
+    (the next token at each position), cut to `max_length` positions (the model's
+    context), then right-padded to the longest example of the batch. Targets are
+    IGNORE_INDEX (-100) at padding and, with `mask_prompt`, wherever the target
+    is a prompt token (positions 0 .. prompt_len - 2): the loss then counts only
+    the response and its end token. Returns {"idx": (B, T), "targets": (B, T)}.
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    rows = []
+    for ids, prompt_len in batch:
+        if len(ids) < 2:
+            raise ValueError("each example needs at least 2 tokens (an input and a target)")
+        x, y = list(ids[:-1]), list(ids[1:])
+        if mask_prompt:
+            y[: prompt_len - 1] = [IGNORE_INDEX] * min(prompt_len - 1, len(y))
+        if max_length is not None:
+            x, y = x[:max_length], y[:max_length]
+        rows.append((x, y))
+    longest = max(len(x) for x, _ in rows)
+    idx = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), longest), IGNORE_INDEX, dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        idx[r, : len(x)] = torch.tensor(x, dtype=torch.long)
+        targets[r, : len(y)] = torch.tensor(y, dtype=torch.long)
+    return {"idx": idx, "targets": targets}
+
+
+def instruction_loader(examples: list[dict], tokenizer: Any, max_length: int, batch_size: int = 8,
+                       template: str = "alpaca", mask_prompt: bool = True, shuffle: bool = False,
+                       seed: int = 0) -> DataLoader:  # fmt: skip
+    """A `DataLoader` of `instruction_collate` batches; padding uses the response's end token id."""
+    dataset = InstructionDataset(examples, tokenizer, template, max_length)
+    pad_id = tokenizer.special_tokens[end_token(template)]
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      collate_fn=lambda b: instruction_collate(b, pad_id, max_length, mask_prompt))  # fmt: skip
+
+
+def generate_response(model: GPT, tokenizer: Any, example: dict, template: str = "alpaca",
+                      max_new_tokens: int = 64) -> str:  # fmt: skip
+    """The model's response to an example: greedy decoding until the end token, prompt and end token removed."""
+    from minillm.generate import generate
+
+    ids = _encode_template(format_prompt(example, template), tokenizer)
+    ctx = model.config.context_length
+    if len(ids) >= ctx:
+        ids = ids[-(ctx - 1) :]  # keep the end of the prompt, where the response starts
+    device = next(model.parameters()).device
+    prompt = torch.tensor([ids], dtype=torch.long, device=device)
+    budget = min(max_new_tokens, ctx - len(ids))
+    end = tokenizer.special_tokens[end_token(template)]
+    out = generate(model, prompt, budget, temperature=0.0, stop_tokens=[end])[0, len(ids) :].tolist()
+    if end in out:
+        out = out[: out.index(end)]
+    return tokenizer.decode(out).strip()
