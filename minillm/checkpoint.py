@@ -147,10 +147,22 @@ def restore(checkpoint: Path, model: GPT, optimizer: torch.optim.Optimizer, data
                 if getattr(model.config, k) != v}  # fmt: skip
         raise ValueError(f"checkpoint {checkpoint} holds a different model: (saved, requested) = {diff}")
     model.load_weights(load_file(checkpoint / "model.safetensors"), source=str(checkpoint))
+    state = read_trainer_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    return restore_progress(state, data_rng, scaler)
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    """The trainer state of a checkpoint (`trainer.pt`, loaded with `weights_only=True`)."""
     state = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
     if state.get("format") != TRAINER_FORMAT:
         raise ValueError(f"{checkpoint / TRAINER_FILE} is not a minillm trainer state")
-    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def restore_progress(state: dict, data_rng: torch.Generator, scaler: Any = None) -> int:
+    """Put back what makes a resumed run continue exactly: the global (and CUDA) RNG states,
+    the data sampler's generator and the fp16 loss scaler; return the step."""
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -354,7 +354,7 @@ def restore_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.opti
 
     if not (checkpoint / SHARDS).is_dir():
         raise ValueError(f"{checkpoint} is a single-process checkpoint; resume it with strategy 'single'")
-    state = torch.load(checkpoint / ckpt.TRAINER_FILE, map_location="cpu", weights_only=True)
+    state = ckpt.read_trainer_state(checkpoint)
     if state.get("world_size") != ctx.world_size:
         raise ValueError(f"{checkpoint} was saved by {state.get('world_size')} processes; resume it with "
                          f"--nproc_per_node/--nnodes giving that many, not {ctx.world_size}")  # fmt: skip
@@ -362,13 +362,7 @@ def restore_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.opti
     target = _state_dicts(model, optimizer)
     dcp.load(target, checkpoint_id=checkpoint / SHARDS)
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    data_rng.set_state(state["data_rng"])
-    if scaler is not None and "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    return int(state["step"])
+    return ckpt.restore_progress(state, data_rng, scaler)
 
 
 def _check_config(checkpoint: Path, config: Any) -> None:

@@ -99,7 +99,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | Non
     (logits (B, K) with targets (B,), a `GPTClassifier`), {"loss": ..., "accuracy": ...}.
     The loss is averaged per sequence (classification) or per batch (language modelling).
     """
-    from minillm.train import autocast
+    from minillm.device import autocast
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -191,7 +191,9 @@ def finetune(
     from tqdm.auto import tqdm
 
     from minillm.optim import clip_grad_norm, lr_at, make_optimizer
-    from minillm.train import forward_backward, plot_metrics, resolve_device, resolve_precision
+    from minillm.device import resolve_device, resolve_precision
+    from minillm.monitor import plot_metrics
+    from minillm.train import forward_backward
 
     t0 = time.perf_counter()
     device = resolve_device(config.device)

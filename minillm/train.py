@@ -58,10 +58,10 @@ import numpy as np
 import torch
 
 from minillm import distributed as dist_
-from minillm.device import PRECISIONS, autocast, resolve_device, resolve_precision, set_matmul_precision
+from minillm.device import PRECISIONS, autocast, resolve_precision, set_matmul_precision
 from minillm.model import GPT, GPTConfig
 from minillm.monitor import MetricsLog, device_peak_flops, mfu, plot_metrics
-from minillm.optim import SCHEDULES, clip_grad_norm, lr_at, make_optimizer
+from minillm.optim import SCHEDULES, lr_at, make_optimizer
 
 TOKENIZERS = ("char", "bpe", "gpt2")
 STRATEGIES = dist_.STRATEGIES  # "single", "ddp", "fsdp" (chapter 06)

@@ -23,3 +23,15 @@ def cache_dir(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("MINILLM_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny models are faster that way, give the same
+    numbers on any machine, and cannot be slowed by an oversubscribed CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

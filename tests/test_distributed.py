@@ -23,7 +23,7 @@ from minillm import distributed as D
 from minillm.checkpoint import load_model
 from minillm.memory import estimate_memory
 from minillm.model import GPT, GPTConfig
-from minillm.presets import load_data, preset_config
+from minillm.presets import preset_config
 from minillm.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,14 +19,7 @@ TINY = ["--data", "the-verdict", "--n-layer", "1", "--n-head", "2", "--d-model",
         "--no-progress"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env() -> dict:
