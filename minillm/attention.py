@@ -257,9 +257,7 @@ class AttentionConfig:
     attn_impl: str = "sdpa"  # "sdpa": torch fused kernel, "manual": written out
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        for name in ("d_model", "n_head", "n_kv_head", "context_length"):
+        for name in ("d_model", "n_head", "kv_heads", "context_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -268,9 +266,9 @@ class AttentionConfig:
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
                 "pick a head count that divides the width"
             )
-        if self.n_head % self.n_kv_head:
+        if self.n_head % self.kv_heads:
             raise ValueError(
-                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head}): "
+                f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads}): "
                 "each key/value head serves an equal group of query heads"
             )
         if self.positions not in POSITIONS:
@@ -287,6 +285,11 @@ class AttentionConfig:
         """D = d_model // n_head."""
         return self.d_model // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        """Hkv, the number of key/value heads: `n_kv_head`, or `n_head` when that is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with grouped-query attention and optional RoPE.
@@ -299,8 +302,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: AttentionConfig) -> None:
         super().__init__()
         self.config = config
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        qkv_out = (config.n_head + 2 * config.n_kv_head) * config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)

@@ -58,11 +58,7 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 256 * math.ceil(8 * self.d_model / 3 / 256)
-        for name in ("vocab_size", "context_length", "n_layer", "d_ff", "vocab_multiple"):
+        for name in ("vocab_size", "context_length", "n_layer", "ff_width", "vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -88,6 +84,31 @@ class GPTConfig:
             context_length=self.context_length, bias=self.bias, dropout=self.dropout,
             positions=self.positions, rope_theta=self.rope_theta, attn_impl=self.attn_impl,
         )  # fmt: skip
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_head`, or `n_head` when that is None (derived, never stored)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def ff_width(self) -> int:
+        """The MLP's hidden width: `d_ff`, or by default 4*d_model (gelu) / 8/3*d_model rounded up to 256 (swiglu).
+
+        A property, not a value filled in at creation, so that
+        `dataclasses.replace(config, mlp="swiglu")` gets the SwiGLU default.
+        """
+        if self.d_ff is not None:
+            return self.d_ff
+        return 4 * self.d_model if self.mlp == "gelu" else 256 * math.ceil(8 * self.d_model / 3 / 256)
+
+    def resolved(self) -> dict:
+        """The fields with derived values filled in (`n_kv_head`, `d_ff`): equal dicts mean equal models."""
+        return {**dataclasses.asdict(self), "n_kv_head": self.kv_heads, "d_ff": self.ff_width}
+
+    def differences(self, other: GPTConfig, ignore: tuple[str, ...] = ()) -> dict:
+        """{field: (self's value, other's value)} where the two configs give different models."""
+        mine, theirs = self.resolved(), other.resolved()
+        return {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v and k not in ignore}
 
     @property
     def padded_vocab_size(self) -> int:
@@ -123,7 +144,7 @@ class GPT(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         attn = c.attention()
         self.blocks = nn.ModuleList(
-            Block(attn, c.d_ff, c.norm, c.mlp, c.norm_eps, c.pre_norm) for _ in range(c.n_layer)
+            Block(attn, c.ff_width, c.norm, c.mlp, c.norm_eps, c.pre_norm) for _ in range(c.n_layer)
         )
         # Post-LN blocks already end in a norm; pre-LN needs one before the head.
         self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, c.bias) if c.pre_norm else nn.Identity()
@@ -207,7 +228,7 @@ class GPT(nn.Module):
         if not 0 < max_len <= c.context_length:
             raise ValueError(f"max_len must be in [1, {c.context_length}], got {max_len}")
         w = self.tok_emb.weight
-        return KVCache(c.n_layer, batch_size, c.n_kv_head, c.d_model // c.n_head, max_len, w.device, dtype or w.dtype)
+        return KVCache(c.n_layer, batch_size, c.kv_heads, c.d_model // c.n_head, max_len, w.device, dtype or w.dtype)
 
     # -- counting -----------------------------------------------------------
 

@@ -55,6 +55,10 @@ GPT4_PATTERN = (
 )
 PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
 ENDOFTEXT = "<|endoftext|>"
+#: minillm's own tokenizer file in a checkpoint or corpus folder. Not "tokenizer.json":
+#: that name belongs to Hugging Face's tokenizers, and `minillm.hf.export_hf` writes one.
+TOKENIZER_FILE = "minillm_tokenizer.json"
+LEGACY_TOKENIZER_FILE = "tokenizer.json"  # the name minillm used before; still read
 
 # encode_iterable may cut its buffer right after a letter/digit followed by any
 # whitespace, or after any non-space followed by a space or tab: neither pattern
@@ -126,8 +130,31 @@ class CharTokenizer:
         return cls(state["chars"])
 
 
+def tokenizer_path(directory: str | os.PathLike) -> Path | None:
+    """The minillm tokenizer file of a checkpoint or corpus folder (new or legacy name), or None."""
+    directory = Path(directory)
+    if (directory / TOKENIZER_FILE).is_file():
+        return directory / TOKENIZER_FILE
+    legacy = directory / LEGACY_TOKENIZER_FILE
+    if legacy.is_file():
+        try:  # a Hugging Face tokenizer.json is not ours
+            if json.loads(legacy.read_text(encoding="utf-8")).get("format") in ("minillm-char", "minillm-bpe"):
+                return legacy
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+    return None
+
+
 def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | BPETokenizer:
-    """Load a tokenizer saved by :meth:`CharTokenizer.save` or :meth:`BPETokenizer.save`."""
+    """Load a tokenizer saved by :meth:`CharTokenizer.save` or :meth:`BPETokenizer.save`.
+
+    `path` is the file, or a folder holding one (`TOKENIZER_FILE`, or the legacy `tokenizer.json`).
+    """
+    if Path(path).is_dir():
+        found = tokenizer_path(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} holds no minillm tokenizer ({TOKENIZER_FILE})")
+        path = found
     state = _read_state(path, None, "CharTokenizer.save or BPETokenizer.save")
     kinds = {"minillm-char": CharTokenizer, "minillm-bpe": BPETokenizer}
     if state.get("format") not in kinds:

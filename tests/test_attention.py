@@ -156,7 +156,7 @@ def test_attention_config_validation():
         AttentionConfig(attn_impl="flash")
     with pytest.raises(ValueError, match="dropout"):
         AttentionConfig(dropout=1.5)
-    assert AttentionConfig(n_head=12).n_kv_head == 12
+    assert AttentionConfig(n_head=12).kv_heads == 12
 
 
 def test_sinusoidal_positions_by_hand():

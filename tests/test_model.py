@@ -44,9 +44,9 @@ def test_config_validation_errors():
 
 
 def test_config_defaults():
-    assert tiny().d_ff == 128 and tiny().n_kv_head == 4
-    assert GPTConfig.from_preset("llama2-7b").d_ff == 11008
-    assert GPTConfig(d_model=4096, n_head=32, mlp="swiglu").d_ff == 11008  # 8/3 * 4096 rounded up to 256
+    assert tiny().ff_width == 128 and tiny().kv_heads == 4
+    assert GPTConfig.from_preset("llama2-7b").ff_width == 11008
+    assert GPTConfig(d_model=4096, n_head=32, mlp="swiglu").ff_width == 11008  # 8/3 * 4096 rounded up to 256
     assert tiny(vocab_multiple=64).padded_vocab_size == 64
 
 
