@@ -1,50 +1,85 @@
-"""Training checkpoints: written atomically, resumed exactly (chapter 05).
+"""Checkpoints: one home for saving, committing, pruning, locking and loading (chapters 05-06).
 
 Chapter 05 (`05_pretraining`) stops a run and resumes it on the same loss
-curve. A run directory looks like this:
+curve; chapter 06 (`06_scaling`) does the same with many processes. A run
+folder looks like this:
 
     out/
-      train_config.json  tokenizer.json  metrics.jsonl  samples.txt  loss.png
+      .minillm.lock           held by the live run (a second run is refused)
+      train_config.json  minillm_tokenizer.json  metrics.jsonl  samples.txt  loss.png
       checkpoints/
         latest                 the name of the newest complete checkpoint
         step_0002000/
-          config.json          the GPTConfig          } GPT.save (safetensors)
-          model.safetensors    the weights            }
-          tokenizer.json       the tokenizer
-          train_config.json    the TrainConfig
-          trainer.pt           optimizer state, step, RNG states, data sampler state
+          config.json          the GPTConfig                          } the model: what generate,
+          model.safetensors    the full weights (tensors only)        } evaluate, finetune and
+          minillm_tokenizer.json                                      } load_model read
+          train_config.json    the run's TrainConfig
+          trainer.pt           step, RNG and sampler states, optimizer state (one process)
+          dcp/                 sharded model + optimizer state (multi-process runs only)
 
-A checkpoint is written into a temporary folder and renamed into place only
-when complete, and `latest` is replaced atomically afterwards: a crash or Ctrl-C
-mid-write leaves the previous checkpoint as the latest. `trainer.pt` holds only
-tensors, numbers and strings (`torch.save`), read back with
-`torch.load(weights_only=True)`, which cannot run code from the file.
+**One commit path.** Every save (one process or many, pretraining or
+fine-tuning) writes into a staging folder `.step_N.tmp`, flushes it to disk,
+renames it to `step_N`, then replaces `latest`, then prunes. A crash at any
+moment leaves `latest` naming a complete checkpoint; the debris of a killed
+save is removed by the next save. Pruning deletes only folders named like the
+ones it writes (`step_` + digits, compared as numbers).
+
+**Safe loading.** Weights are safetensors (no code can hide in them) and
+`trainer.pt` is read with `torch.load(weights_only=True)`. The sharded `dcp/`
+folder of `torch.distributed.checkpoint` holds a pickle (`.metadata`), so it is
+read only when a multi-process run resumes itself (`restore_sharded`):
+trusted input only. `load_model` and every command that loads a model for use
+read `model.safetensors`, which every save writes, sharded runs included.
+
+`save_checkpoint` / `load_checkpoint` do the same for any `nn.Module` and
+optimizer of a builder's own.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_model as load_module_weights
+from safetensors.torch import save_model as save_module_weights
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
-from minillm.fileio import atomic_write
-from minillm.model import GPT, GPTConfig
-from minillm.train import TrainConfig
+from minillm.config import TrainConfig
+from minillm.distributed import DistContext
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunFolderError
+from minillm.fileio import atomic_path, atomic_write, fsync, fsync_tree
+from minillm.model import GPT, GPTConfig, read_safetensors, save_weights
+from minillm.tokenizer import LEGACY_TOKENIZER_FILE, TOKENIZER_FILE, BPETokenizer, load_tokenizer, tokenizer_path
 
 CHECKPOINTS = "checkpoints"
 TRAINER_FILE = "trainer.pt"
 TRAINER_FORMAT = "minillm-trainer"
+SHARDS = "dcp"  # the folder of a sharded checkpoint holding torch.distributed.checkpoint's files
+LOCK_FILE = ".minillm.lock"
 #: Settings a resumed run may change; any other difference is a mismatched checkpoint.
 RESUMABLE = frozenset({
     "max_steps", "eval_interval", "eval_batches", "log_interval", "keep_checkpoints", "sample_prompt",
     "sample_tokens", "device", "compile", "peak_tflops", "activation_checkpointing", "reshard_after_forward",
 })  # fmt: skip
-_RUN_FILES = ("train_config.json", "tokenizer.json", "metrics.jsonl", "samples.txt", "loss.png")
+RUN_FILES = ("train_config.json", TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, "metrics.jsonl", "samples.txt", "loss.png")
+_STEP = re.compile(r"step_(\d{7,})")  # the checkpoint folders minillm writes
+_DEBRIS = re.compile(r"\.step_\d{7,}\.(tmp|old)")  # what a killed save leaves behind
 
 
 def checkpoint_name(step: int) -> str:
@@ -52,54 +87,52 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def write_checkpoint_files(directory: Path, model: GPT, tokenizer: Any, config: TrainConfig,
-                           trainer_state: dict | None = None) -> None:  # fmt: skip
-    """Write one checkpoint's files (model, tokenizer, config, trainer state) into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save(directory)  # config.json + model.safetensors
-    tokenizer.save(directory / "tokenizer.json")
-    atomic_write(directory / "train_config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
-    if trainer_state is not None:
-        tmp = directory / f".{TRAINER_FILE}.tmp"
-        torch.save(trainer_state, tmp)
-        os.replace(tmp, directory / TRAINER_FILE)
+# ---------------------------------------------------------------------------
+# The commit path: staging folder -> fsync -> rename -> latest -> prune
+# ---------------------------------------------------------------------------
 
 
-def save(run_dir: str | os.PathLike, step: int, model: GPT, optimizer: torch.optim.Optimizer,
-         data_rng: torch.Generator, config: TrainConfig, tokenizer: Any, scaler: Any = None) -> Path:  # fmt: skip
-    """Save the state after `step` steps as `run_dir/checkpoints/step_N`, point `latest` at it, prune.
+def checkpoint_steps(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the checkpoint folders minillm wrote in `root`, oldest first (by number)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
 
-    Keeps the newest `config.keep_checkpoints` checkpoints. Returns the checkpoint folder.
-    `scaler`: an fp16 gradient scaler whose state is saved too. (Multi-process
-    runs save sharded checkpoints with `minillm.distributed.save_checkpoint`.)
-    """
-    root = Path(run_dir) / CHECKPOINTS
+
+def staging_folder(root: Path, name: str) -> Path:
+    """An empty `.NAME.tmp` folder in `root` to write a checkpoint into; a killed save's debris is removed first."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # debris of an earlier crash
-    state = {
-        "format": TRAINER_FORMAT,
-        "version": 1,
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data_rng": data_rng.get_state(),
-    }
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    write_checkpoint_files(tmp, model, tokenizer, config, state)
-    if final.exists():  # the same step saved again (e.g. stopped right after resuming)
-        old = root / f".{final.name}.old"
+    for path in root.iterdir():
+        if _DEBRIS.fullmatch(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+    tmp = root / f".{name}.tmp"
+    tmp.mkdir()
+    return tmp
+
+
+def commit(tmp: Path, keep: int | None = None) -> Path:
+    """Make the staging folder `tmp` (`.NAME.tmp`) the checkpoint `NAME`, point `latest` at it, prune.
+
+    The order makes every crash harmless: the files are flushed before the
+    rename, the rename is atomic, and `latest` changes only once the folder is
+    complete. A checkpoint of the same name (the same step saved again) is
+    moved aside first and removed last. `keep`: newest checkpoints to keep.
+    """
+    root, name = tmp.parent, tmp.name[1:].removesuffix(".tmp")
+    final, old = root / name, root / f".{name}.old"
+    fsync_tree(tmp)
+    if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
-    os.replace(tmp, final)  # the checkpoint appears complete or not at all
-    atomic_write(root / "latest", final.name + "\n")
-    keep = sorted(p.name for p in root.glob("step_*") if p.is_dir())[-config.keep_checkpoints :]
-    for path in root.iterdir():
-        if path.is_dir() and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, final)
+    fsync(root)
+    atomic_write(root / "latest", name + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if keep is not None:
+        for _, path in checkpoint_steps(root)[:-keep]:
+            if path != final:
+                shutil.rmtree(path, ignore_errors=True)
     return final
 
 
@@ -108,11 +141,64 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / "latest"
     if pointer.is_file():
-        target = root / pointer.read_text().strip()
-        if (target / TRAINER_FILE).is_file():
+        target = root / pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if _STEP.fullmatch(target.name) and (target / TRAINER_FILE).is_file():
             return target
-    complete = sorted(p for p in root.glob("step_*") if (p / TRAINER_FILE).is_file())
+    complete = [p for _, p in checkpoint_steps(root) if (p / TRAINER_FILE).is_file()]
     return complete[-1] if complete else None
+
+
+# ---------------------------------------------------------------------------
+# The run folder: lock, new run / resume / overwrite
+# ---------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock on a run folder (`.minillm.lock`, `fcntl.flock`), held while a run writes there.
+
+    The kernel releases it when the process dies, even by SIGKILL, so a lock
+    is never stale on one machine; on a network file system that does not
+    support locks, `break_lock()` removes the file.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderError(
+                f"{self.path.parent} is in use by a live run ({holder}); wait for it, stop it, or choose another "
+                f"--out. If no run is alive (e.g. on a network file system), delete {self.path} "
+                "(python -m minillm train ... --break-lock)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+            self.path.unlink(missing_ok=True)
+
+    def break_lock(self) -> None:
+        """Remove a lock file left where locks do not work (the holder must be gone)."""
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 def read_config(path: str | os.PathLike) -> TrainConfig:
@@ -121,43 +207,174 @@ def read_config(path: str | os.PathLike) -> TrainConfig:
     if path.is_dir():
         path = path / "train_config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is this a minillm run or checkpoint folder?")
-    fields = json.loads(path.read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    if set(fields) - known:
-        raise ValueError(f"{path} has unknown TrainConfig fields {sorted(set(fields) - known)}")
-    return TrainConfig(**fields)
+        raise CheckpointNotFoundError(f"{path} not found; is this a minillm run or checkpoint folder?")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError, ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a readable TrainConfig ({err})") from err
+
+
+def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Check `out` for a new run or a resume; return the checkpoint to resume from (None: a new run).
+
+    A new run needs an empty or missing `out`, or `overwrite`, which deletes
+    minillm's own run files and checkpoints there and nothing else. A resume
+    needs a checkpoint whose config matches `config` except for `RESUMABLE` settings.
+    """
+    if resume and overwrite:
+        raise ConfigError("choose either resume (continue the run) or overwrite (start over), not both")
+    if resume:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise CheckpointNotFoundError(f"no checkpoint in {out}/{CHECKPOINTS} to resume from; "
+                                          "start without --resume")  # fmt: skip
+        diff = read_config(checkpoint).differences(config, ignore=RESUMABLE)
+        if diff:
+            raise CheckpointError(
+                f"the checkpoint in {checkpoint} was trained with other settings, (saved, requested): {diff}. "
+                f"Resume with the saved settings (only {sorted(RESUMABLE)} may change) or start a new run."
+            )
+        return checkpoint
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} exists and is not a directory; choose another output directory")
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"{out} already exists and is not empty; pass --resume to continue its run, "
+                                 "--overwrite to start over, or choose another --out")  # fmt: skip
+        remove_run_files(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def remove_run_files(out: Path) -> None:
+    """Delete what a run of minillm writes in `out` (run files, its checkpoint folders), nothing else."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    root = out / CHECKPOINTS
+    if root.is_dir():
+        for path in root.iterdir():
+            if _STEP.fullmatch(path.name) or _DEBRIS.fullmatch(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+        (root / "latest").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only if nothing else is left in it
+
+
+def write_run_files(out: Path, config: TrainConfig, tokenizer: Any) -> None:
+    """The run's own copies of its config and tokenizer (checkpoints carry theirs too)."""
+    atomic_write(out / "train_config.json", config.to_json())
+    tokenizer.save(out / TOKENIZER_FILE)
+
+
+# ---------------------------------------------------------------------------
+# Training checkpoints: one process or many
+# ---------------------------------------------------------------------------
+
+
+def _trainer_state(step: int, data_rng: torch.Generator, scaler: Any, world_size: int) -> dict:
+    state = {
+        "format": TRAINER_FORMAT, "version": 2, "step": step, "world_size": world_size,
+        "torch_rng": torch.get_rng_state(), "data_rng": data_rng.get_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }  # fmt: skip
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def save(run_dir: str | os.PathLike, step: int, model: GPT, optimizer: torch.optim.Optimizer,
+         data_rng: torch.Generator, config: TrainConfig, tokenizer: Any, scaler: Any = None,
+         ctx: DistContext | None = None) -> Path:  # fmt: skip
+    """Save the state after `step` steps as `run_dir/checkpoints/step_N` (see the module docstring).
+
+    One process (`ctx` None or of world size 1): the optimizer state goes into
+    `trainer.pt`. Many (`ctx.distributed`; collective: every rank calls it):
+    each rank writes its shards of model and optimizer state into `dcp/`, and
+    rank 0 also writes the gathered full weights. Returns the checkpoint folder.
+    """
+    ctx = ctx or DistContext()
+    root = Path(run_dir) / CHECKPOINTS
+    name = checkpoint_name(step)
+    tmp = root / f".{name}.tmp"
+    if ctx.is_main:
+        tmp = staging_folder(root, name)
+    ctx.barrier()
+    state = _trainer_state(step, data_rng, scaler, ctx.world_size)
+    if ctx.distributed:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / SHARDS)
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        state["optimizer"] = optimizer.state_dict()
+        full = model.state_dict()
+    if ctx.is_main:
+        save_weights(tmp, model.config, full)
+        tokenizer.save(tmp / TOKENIZER_FILE)
+        atomic_write(tmp / "train_config.json", config.to_json())
+        with atomic_path(tmp / TRAINER_FILE) as path:
+            torch.save(state, path)
+        commit(tmp, keep=config.keep_checkpoints)
+    ctx.barrier()
+    return root / name
+
+
+def read_trainer_state(checkpoint: Path) -> dict:
+    """The trainer state of a checkpoint (`trainer.pt`, loaded with `weights_only=True`: no code runs)."""
+    path = checkpoint / TRAINER_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path} not found; the checkpoint is incomplete") from None
+    except Exception as err:  # truncated zip, a pickle with forbidden globals, ...
+        raise CheckpointError(f"{path} cannot be read safely ({type(err).__name__}: {err}); it is corrupt, "
+                              "or not a minillm trainer state: resume from another checkpoint") from err
+    if not isinstance(state, dict) or state.get("format") != TRAINER_FORMAT:
+        raise CheckpointError(f"{path} is not a minillm trainer state")
+    return state
+
+
+def _check_model(checkpoint: Path, config: GPTConfig) -> None:
+    saved = GPTConfig(**json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+    diff = saved.differences(config)
+    if diff:
+        raise CheckpointError(f"checkpoint {checkpoint} holds a different model: (saved, requested) = {diff}")
 
 
 def restore(checkpoint: Path, model: GPT, optimizer: torch.optim.Optimizer, data_rng: torch.Generator,
-            device: torch.device | str = "cpu", scaler: Any = None) -> int:  # fmt: skip
-    """Load a checkpoint into `model`, `optimizer`, `data_rng` and the global RNGs (and `scaler`); return its step.
+            scaler: Any = None) -> int:  # fmt: skip
+    """Load a one-process checkpoint into `model`, `optimizer`, `data_rng`, the global RNGs (and `scaler`).
 
-    Raises ValueError when the checkpoint's model does not match `model`'s config,
-    or when it is a sharded (multi-process) checkpoint.
+    Returns its step. A sharded checkpoint or another model raises CheckpointError.
     """
-    if not (checkpoint / "model.safetensors").is_file() and (checkpoint / "dcp").is_dir():
-        raise ValueError(f"{checkpoint} is a sharded checkpoint of a multi-process run; resume it with the same "
-                         "torchrun launch and --strategy, or export it (minillm.distributed.export_checkpoint)")
-    from safetensors.torch import load_file
-
-    saved = GPTConfig(**json.loads((checkpoint / "config.json").read_text()))
-    if saved != model.config:
-        diff = {k: (v, getattr(model.config, k)) for k, v in dataclasses.asdict(saved).items()
-                if getattr(model.config, k) != v}  # fmt: skip
-        raise ValueError(f"checkpoint {checkpoint} holds a different model: (saved, requested) = {diff}")
-    model.load_weights(load_file(checkpoint / "model.safetensors"), source=str(checkpoint))
     state = read_trainer_state(checkpoint)
+    if "optimizer" not in state:
+        raise CheckpointError(f"{checkpoint} is a sharded checkpoint of a {state.get('world_size')}-process run; "
+                              "resume it with the same torchrun launch and --strategy")  # fmt: skip
+    _check_model(checkpoint, model.config)
+    model.load_weights(read_safetensors(checkpoint / "model.safetensors"), source=str(checkpoint))
     optimizer.load_state_dict(state["optimizer"])
     return restore_progress(state, data_rng, scaler)
 
 
-def read_trainer_state(checkpoint: Path) -> dict:
-    """The trainer state of a checkpoint (`trainer.pt`, loaded with `weights_only=True`)."""
-    state = torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=True)
-    if state.get("format") != TRAINER_FORMAT:
-        raise ValueError(f"{checkpoint / TRAINER_FILE} is not a minillm trainer state")
-    return state
+def restore_sharded(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    data_rng: torch.Generator, ctx: DistContext, scaler: Any = None) -> int:  # fmt: skip
+    """Load a sharded checkpoint into the wrapped `model` and `optimizer` on every rank; return its step.
+
+    Reads `dcp/.metadata`, a pickle: call it only on your own run's checkpoints.
+    The world size must be the one that saved it.
+    """
+    state = read_trainer_state(checkpoint)
+    if not (checkpoint / SHARDS).is_dir():
+        raise CheckpointError(f"{checkpoint} is a one-process checkpoint; resume it with strategy 'single'")
+    if state.get("world_size") != ctx.world_size:
+        raise CheckpointError(f"{checkpoint} was saved by {state.get('world_size')} processes; resume it with "
+                              f"--nproc_per_node/--nnodes giving that many, not {ctx.world_size}")  # fmt: skip
+    _check_model(checkpoint, model.config)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    target = {"model": model_state, "optim": optim_state}
+    dcp.load(target, checkpoint_id=checkpoint / SHARDS)
+    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    return restore_progress(state, data_rng, scaler)
 
 
 def restore_progress(state: dict, data_rng: torch.Generator, scaler: Any = None) -> int:
@@ -172,68 +389,144 @@ def restore_progress(state: dict, data_rng: torch.Generator, scaler: Any = None)
     return int(state["step"])
 
 
-def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, overwrite: bool) -> dict:
-    """Check `out` for a new run or a resume; returns {"checkpoint": Path | None, "tokenizer": ... | None}.
-
-    A new run needs an empty or missing `out` (or `overwrite`, which deletes the
-    run files and checkpoints there, nothing else). A resume needs a checkpoint
-    whose config matches `config` except for `RESUMABLE` settings.
-    """
-    from minillm.tokenizer import load_tokenizer
-
-    if resume and overwrite:
-        raise ValueError("choose either resume (continue the run) or overwrite (start over), not both")
-    if resume:
-        checkpoint = latest_checkpoint(out)
-        if checkpoint is None:
-            raise FileNotFoundError(f"no checkpoint in {out}/{CHECKPOINTS} to resume from; start without --resume")
-        saved = dataclasses.asdict(read_config(checkpoint))
-        diff = {k: (saved[k], v) for k, v in dataclasses.asdict(config).items()
-                if saved[k] != v and k not in RESUMABLE}  # fmt: skip
-        if diff:
-            raise ValueError(
-                f"the checkpoint in {checkpoint} was trained with other settings, (saved, requested): {diff}. "
-                f"Resume with the saved settings (only {sorted(RESUMABLE)} may change) or start a new run."
-            )
-        return {"checkpoint": checkpoint, "tokenizer": load_tokenizer(checkpoint / "tokenizer.json")}
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; choose another output directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists and is not empty; pass --resume to continue its run, "
-                                  "--overwrite to start over, or choose another --out")  # fmt: skip
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-        for name in _RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return {"checkpoint": None, "tokenizer": None}
+# ---------------------------------------------------------------------------
+# Loading a model for use: minillm checkpoints, exports and Hugging Face folders
+# ---------------------------------------------------------------------------
 
 
-def write_run_files(out: Path, config: TrainConfig, tokenizer: Any) -> None:
-    """The run's own copies of its config and tokenizer (checkpoints carry theirs too)."""
-    atomic_write(out / "train_config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
-    tokenizer.save(out / "tokenizer.json")
+def model_folder(path: str | os.PathLike) -> Path:
+    """The folder holding the model files of `path`: a checkpoint/model folder itself, or a run's latest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is not a directory; pass a run folder (--out of train), a "
+                                      "checkpoint folder, or a Hugging Face model folder")  # fmt: skip
+    if (path / "config.json").is_file():
+        return path
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise CheckpointNotFoundError(f"{path} holds no model (no config.json, no {CHECKPOINTS}/latest)")
+    return checkpoint
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Any]:
-    """(model in eval mode, tokenizer) from a run folder (its latest checkpoint) or a checkpoint folder (sharded too)."""
-    from minillm.tokenizer import load_tokenizer
+    """(model in eval mode, tokenizer) from a run folder, a checkpoint, an export or a Hugging Face folder.
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory; pass a run folder (--out of train) or a checkpoint")
-    if not (path / "model.safetensors").is_file() and not (path / "dcp").is_dir():
-        checkpoint = latest_checkpoint(path)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{path} holds no checkpoint (no model.safetensors, no {CHECKPOINTS}/latest)")
-        path = checkpoint
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer.json; checkpoints written by minillm.train include one")
-    if (path / "model.safetensors").is_file():
-        model = GPT.load(path, device=device)
-    else:  # a sharded checkpoint of a multi-process run, gathered here in one process
-        from minillm.distributed import load_sharded_model
+    * a run folder (`--out` of train or finetune): its latest checkpoint;
+    * a minillm checkpoint or model folder: `config.json` + `model.safetensors` + minillm's tokenizer;
+    * a Hugging Face folder (`config.json` with a `model_type`, e.g. written by
+      `minillm.hf.export_hf` or `save_pretrained`): `GPT.from_pretrained`, with
+      minillm's tokenizer file if present, else GPT-2's `vocab.json` + `merges.txt`.
 
-        model = load_sharded_model(path, device=device)
+    Only safetensors and JSON are read: nothing in the folder can run code.
+    """
+    folder = model_folder(path)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({err})") from err
+    if isinstance(config, dict) and "model_type" in config:
+        model = GPT.from_pretrained(folder, device=device)
+        if tokenizer_path(folder) is not None:
+            tokenizer = load_tokenizer(folder)
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            tokenizer = BPETokenizer.from_gpt2(folder)
+        else:
+            raise CheckpointNotFoundError(f"{folder} has no tokenizer minillm can read ({TOKENIZER_FILE}, or "
+                                          "GPT-2's vocab.json + merges.txt)")  # fmt: skip
+    else:
+        if not (folder / "model.safetensors").is_file() and (folder / SHARDS).is_dir():
+            raise CheckpointError(f"{folder} is a sharded checkpoint written without model.safetensors (an older "
+                                  "minillm); resume the run once with its torchrun launch to write one")  # fmt: skip
+        if tokenizer_path(folder) is None:
+            raise CheckpointNotFoundError(f"{folder} has no {TOKENIZER_FILE}; checkpoints written by minillm "
+                                          "include one")  # fmt: skip
+        model = GPT.load(folder, device=device)
+        tokenizer = load_tokenizer(folder)
     model.eval()
-    return model, load_tokenizer(path / "tokenizer.json")
+    return model, tokenizer
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Copy the model of a checkpoint (or a run folder's latest) into `out_dir`: weights, config, tokenizer.
+
+    Every save writes the full weights, sharded runs included, so this is a copy
+    of safetensors and JSON files; `load_model(out_dir)` and `GPT.load` read it.
+    """
+    source, out = model_folder(checkpoint), Path(out_dir)
+    if not (source / "model.safetensors").is_file():
+        raise CheckpointNotFoundError(f"{source} has no model.safetensors to export")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "config.json", "train_config.json"):
+        if (source / name).is_file():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+    load_tokenizer(source).save(out / TOKENIZER_FILE)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Any module and optimizer: a checkpoint API for builders
+# ---------------------------------------------------------------------------
+
+
+def save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
+                    path: str | os.PathLike) -> Path:  # fmt: skip
+    """Save any module's weights (safetensors) and optimizer state (`torch.save`) in folder `path`, atomically.
+
+    The folder is written beside `path` under a temporary name and renamed into
+    place; an existing checkpoint at `path` is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    tmp = staging_folder(path.parent, path.name) if path.parent != path else None
+    try:
+        save_module_weights(model, str(tmp / "model.safetensors"))
+        state = {"format": TRAINER_FORMAT, "version": 2, "step": int(step),
+                 "optimizer": optimizer.state_dict() if optimizer is not None else None}  # fmt: skip
+        torch.save(state, tmp / TRAINER_FILE)
+        fsync_tree(tmp)
+        old = path.parent / f".{path.name}.old"
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> int:  # fmt: skip
+    """Load a `save_checkpoint` folder into `model` (and `optimizer`); return the saved step.
+
+    Weights must match the module exactly (names and shapes); nothing is unpickled
+    (`weights_only=True`).
+    """
+    path = Path(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointNotFoundError(f"{weights} not found; pass a folder written by save_checkpoint")
+    try:
+        missing, unexpected = load_module_weights(model, str(weights), strict=False)
+    except Exception as err:
+        raise CheckpointError(f"{weights} does not fit the model or is damaged ({type(err).__name__}: {err})") from err
+    if missing or unexpected:
+        raise CheckpointError(f"{weights} does not match the model: missing {sorted(missing)[:8]}, "
+                              f"unexpected {sorted(unexpected)[:8]}")  # fmt: skip
+    state = read_trainer_state(path)
+    if optimizer is not None:
+        if state.get("optimizer") is None:
+            raise CheckpointError(f"{path} holds no optimizer state")
+        optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike, break_lock: bool = False) -> Iterator[RunLock]:
+    """Hold the run lock of `folder` for the duration of a `with` block (`break_lock`: remove a stale one first)."""
+    lock = RunLock(folder)
+    if break_lock:
+        lock.break_lock()
+    with lock:
+        yield lock

@@ -1,4 +1,4 @@
-"""Training on many processes: process groups, DDP and FSDP2, data sharding, sharded checkpoints (chapter 06).
+"""Training on many processes: process groups, DDP and FSDP2, data sharding (chapter 06).
 
 Chapter 06 (`06_scaling`) runs the trainer of `minillm.train` on several
 processes, one per device, started by `torchrun`:
@@ -11,9 +11,11 @@ environment variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
 devices, gloo between CPU processes). Then:
 
 * data: every rank draws the same global batch of `grad_accum` micro-batches
-  (same seed, same sampler) and keeps its own `grad_accum / world_size` of them
-  (`shard_micro_batches`), so the tokens per optimizer step do not depend on the
-  number of processes, and a 2-rank run follows the 1-process loss curve;
+  (same seed, same sampler) and keeps its own share (`shard_micro_batches`):
+  whole micro-batches when there are at least as many as ranks, else an equal
+  slice of each micro-batch's rows (`batch_split`), so the tokens per optimizer
+  step do not depend on the number of processes, and a 2-rank run follows the
+  1-process loss curve;
 * `ddp` (`wrap_model`): each rank holds the whole model; after the last
   micro-batch's backward, DistributedDataParallel averages the gradients with an
   all-reduce (`grad_sync` skips it on the earlier micro-batches);
@@ -22,10 +24,12 @@ devices, gloo between CPU processes). Then:
   a block's weights are all-gathered just before it runs and freed after
   (`reshard_after_forward=False` keeps them until the backward: ZeRO-2-like);
   gradients are reduce-scattered, so each rank keeps only its shard;
-* checkpoints (`save_checkpoint`): `torch.distributed.checkpoint` writes each
-  rank's shards in parallel into one folder; resume on the same world size
-  (`restore_checkpoint`); `export_checkpoint` gathers them into one
-  `model.safetensors` that `GPT.load` reads in a single process.
+* checkpoints: `minillm.checkpoint.save` has every rank write its shards with
+  `torch.distributed.checkpoint`, plus the gathered full weights, through the
+  same commit path as a one-process run.
+
+`minillm.strategy` puts these pieces behind one object per strategy, which is
+all the training loop sees.
 
 Only rank 0 logs and writes run files (`DistContext.is_main`, `print0`); metrics
 are averaged over ranks (`DistContext.all_reduce_mean`).
@@ -41,23 +45,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import math
 import os
-import shutil
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
 
-STRATEGIES = ("single", "ddp", "fsdp")
+from minillm.device import resolve_device
+from minillm.errors import ConfigError, LaunchError
+from minillm.optim import clip_grad_norm as clip_local
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
 _ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-# FSDP2 warns that GPT returns a view (the logits sliced to the vocabulary); nothing modifies it in place.
-warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
 
 # ---------------------------------------------------------------------------
@@ -116,6 +122,13 @@ class DistContext:
         return box[0]
 
 
+def resolve_strategy(strategy: str) -> str:
+    """"auto" is "ddp" when torchrun started more than one process (WORLD_SIZE > 1), else "single"."""
+    if strategy != "auto":
+        return strategy
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
 def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext:
     """Join the process group that `torchrun` describes in the environment; return this process' context.
 
@@ -124,21 +137,20 @@ def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext
     group (e.g. a test that made its own) is reused, not owned. `strategy`
     "single" returns the one-process context without touching torch.distributed.
     """
-    from minillm.device import resolve_device
-
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    strategy = resolve_strategy(strategy)
     dev = resolve_device(device)
     if strategy == "single":
         return DistContext(device=dev)
     missing = [k for k in _ENV if k not in os.environ]
     if missing and not dist.is_initialized():
-        raise RuntimeError(
+        raise LaunchError(
             f"strategy {strategy!r} runs one process per device, started by torchrun, but {missing} "
             f"are not set. Launch with: torchrun --nproc_per_node=N -m minillm train ... --strategy {strategy}"
         )
     if dev.type == "mps":
-        raise ValueError("torch.distributed has no MPS backend; use strategy 'single' on a Mac, or device 'cpu'")
+        raise ConfigError("torch.distributed has no MPS backend; use strategy 'single' on a Mac, or device 'cpu'")
     owns = not dist.is_initialized()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if dev.type == "cuda":
@@ -146,8 +158,6 @@ def init_distributed(device: str = "auto", strategy: str = "ddp") -> DistContext
         torch.cuda.set_device(dev)
     if owns:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    from torch.distributed.device_mesh import init_device_mesh
-
     world = dist.get_world_size()
     mesh = init_device_mesh(dev.type, (world,)) if strategy == "fsdp" else None
     return DistContext(dist.get_rank(), local_rank, world, dev, mesh, owns)
@@ -173,21 +183,48 @@ def print0(*args: Any, **kwargs: Any) -> None:
 # ---------------------------------------------------------------------------
 
 
-def local_accumulation(grad_accum: int, world_size: int) -> int:
-    """Micro-batches per rank per optimizer step: `grad_accum / world_size`, which must be whole."""
-    if grad_accum % world_size:
-        raise ValueError(
-            f"grad_accum ({grad_accum}) must be a multiple of the world size ({world_size}) so that every rank "
-            f"gets whole micro-batches of the same global batch; set --grad-accum {world_size * max(1, grad_accum // world_size)}"
-            " (and lower --batch-size to keep the tokens per step)"
-        )
-    return grad_accum // world_size
+def batch_split(grad_accum: int, batch_size: int, world_size: int) -> tuple[int, int]:
+    """How `world_size` ranks share a global batch of `grad_accum` micro-batches of `batch_size` rows.
+
+    Returns (micro-batches per rank, row parts per micro-batch). With
+    `grad_accum` a multiple of the world size, each rank takes whole
+    micro-batches: (grad_accum / world, 1). Otherwise each micro-batch's rows are
+    split into `world / grad_accum` equal parts, one per rank: (1, world / grad_accum).
+    Either way every rank does the same work and the tokens per step do not
+    depend on the number of processes. Anything else raises ConfigError.
+    """
+    if grad_accum % world_size == 0:
+        return grad_accum // world_size, 1
+    parts = world_size // grad_accum
+    if world_size % grad_accum == 0 and batch_size % parts == 0:
+        return 1, parts
+    lcm = math.lcm(grad_accum, world_size)
+    raise ConfigError(
+        f"{world_size} processes cannot share a global batch of grad_accum={grad_accum} micro-batches of "
+        f"batch_size={batch_size} equally: use a grad_accum that is a multiple of {world_size} "
+        f"(e.g. --grad-accum {lcm} --batch-size {max(1, batch_size * grad_accum // lcm)} keeps about the same "
+        f"tokens per step), or a batch_size divisible by {world_size // math.gcd(grad_accum, world_size)}"
+    )
+
+
+def local_accumulation(grad_accum: int, world_size: int, batch_size: int = 1) -> int:
+    """Micro-batches per rank per optimizer step (see `batch_split`)."""
+    return batch_split(grad_accum, batch_size, world_size)[0]
 
 
 def shard_micro_batches(batches: list, rank: int, world_size: int) -> list:
-    """Rank `rank`'s contiguous share of a global list of micro-batches: [rank*k, (rank+1)*k), k = n/world."""
-    k = local_accumulation(len(batches), world_size)
-    return batches[rank * k : (rank + 1) * k]
+    """Rank `rank`'s share of a global list of (x, y) micro-batches, each (B, T) (see `batch_split`).
+
+    Whole micro-batches [rank*k, (rank+1)*k) when there are enough of them;
+    else micro-batch rank // p, rows [(rank % p) * B/p, (rank % p + 1) * B/p) with p parts.
+    """
+    k, parts = batch_split(len(batches), len(batches[0][0]) if batches else 1, world_size)
+    if parts == 1:
+        return batches[rank * k : (rank + 1) * k]
+    x, y = batches[rank // parts]
+    rows = len(x) // parts
+    part = rank % parts
+    return [(x[part * rows : (part + 1) * rows], y[part * rows : (part + 1) * rows])]
 
 
 # ---------------------------------------------------------------------------
@@ -206,18 +243,14 @@ def wrap_model(model: nn.Module, strategy: str, ctx: DistContext, precision: str
     bf16 and reduces gradients in fp32. `compile`: `torch.compile` the result.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     net: nn.Module = model
     if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
     elif strategy == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         if ctx.mesh is None:
-            raise ValueError("fsdp needs a device mesh: create the context with init_distributed(strategy='fsdp')")
+            raise ConfigError("fsdp needs a device mesh: create the context with init_distributed(strategy='fsdp')")
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if precision == "bf16" else MixedPrecisionPolicy()  # fmt: skip
         for block in model.blocks:
@@ -234,8 +267,6 @@ def grad_sync(model: Any, sync: bool) -> contextlib.AbstractContextManager:
     sum is the same. FSDP reduce-scatters every micro-batch (keeping unsharded
     gradients would cost the memory FSDP saves).
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     inner = getattr(model, "_orig_mod", model)  # a compiled module
     if not sync and isinstance(inner, DistributedDataParallel):
         return inner.no_sync()
@@ -244,15 +275,11 @@ def grad_sync(model: Any, sync: bool) -> contextlib.AbstractContextManager:
 
 def is_sharded(parameters: Any) -> bool:
     """True when some of the parameters are DTensors (FSDP2 shards)."""
-    from torch.distributed.tensor import DTensor
-
     return any(isinstance(p, DTensor) for p in parameters)
 
 
 def clip_grad_norm(parameters: Any, max_norm: float) -> torch.Tensor:
     """Clip the global gradient norm; returns it. FSDP shards: torch's clip (all-reduces the shards' squares)."""
-    from minillm.optim import clip_grad_norm as clip_local
-
     parameters = list(parameters)
     if not is_sharded(parameters):
         return clip_local(parameters, max_norm)
@@ -272,144 +299,7 @@ def make_grad_scaler(precision: str, strategy: str, device: torch.device) -> Any
     """
     if precision != "fp16":
         return None
-    if strategy == "fsdp":
-        raise ValueError("precision fp16 with strategy fsdp is not supported; use --precision bf16 "
-                         "(fp32's range, no loss scaling) or strategy ddp")  # fmt: skip
+    if strategy == "fsdp":  # TrainConfig refuses this combination with the same words
+        raise ConfigError("precision fp16 with strategy fsdp is not supported; use precision bf16 "
+                          "(fp32's range, no loss scaling) or strategy ddp")  # fmt: skip
     return torch.amp.GradScaler(device.type)
-
-
-# ---------------------------------------------------------------------------
-# Sharded checkpoints (torch.distributed.checkpoint) and export to one file
-# ---------------------------------------------------------------------------
-
-SHARDS = "dcp"  # the folder of a checkpoint that holds the DCP files (one per rank + .metadata)
-
-
-def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model_state, optim_state = get_state_dict(model, optimizer)
-    return {"model": model_state, "optim": optim_state}
-
-
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    data_rng: torch.Generator, config: Any, tokenizer: Any, ctx: DistContext,
-                    scaler: Any = None) -> Path:  # fmt: skip
-    """Every rank writes its shards of model and optimizer state; rank 0 the rest. Collective; atomic.
-
-    Layout: `checkpoints/step_N/` with `dcp/` (the shards), `config.json`,
-    `tokenizer.json`, `train_config.json` and `trainer.pt` (step, world size,
-    RNG and sampler states, as in `minillm.checkpoint`). The folder is written
-    under a temporary name and renamed into place by rank 0 when every rank has
-    finished; `latest` then points at it. All ranks must see the same file system.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    from minillm import checkpoint as ckpt
-    from minillm.fileio import atomic_write
-
-    root = Path(run_dir) / ckpt.CHECKPOINTS
-    final = root / ckpt.checkpoint_name(step)
-    tmp = root / f".{final.name}.tmp"
-    if ctx.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    ctx.barrier()
-    dcp.save(_state_dicts(model, optimizer), checkpoint_id=tmp / SHARDS)
-    if ctx.is_main:
-        raw = model.config  # the GPT config: FSDP2 keeps the module's attributes
-        atomic_write(tmp / "config.json", json.dumps(dataclasses.asdict(raw), indent=2) + "\n")
-        tokenizer.save(tmp / "tokenizer.json")
-        atomic_write(tmp / "train_config.json", json.dumps(dataclasses.asdict(config), indent=1) + "\n")
-        state = {
-            "format": ckpt.TRAINER_FORMAT, "version": 1, "step": step, "world_size": ctx.world_size,
-            "torch_rng": torch.get_rng_state(), "data_rng": data_rng.get_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }  # fmt: skip
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        torch.save(state, tmp / ckpt.TRAINER_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write(root / "latest", final.name + "\n")
-        keep = sorted(p.name for p in root.glob("step_*") if p.is_dir())[-config.keep_checkpoints :]
-        for path in root.glob("step_*"):
-            if path.is_dir() and path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
-    ctx.barrier()
-    return final
-
-
-def restore_checkpoint(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       data_rng: torch.Generator, ctx: DistContext, scaler: Any = None) -> int:  # fmt: skip
-    """Load a `save_checkpoint` folder into the wrapped `model` and `optimizer` on every rank; return its step.
-
-    The world size must be the one that saved it (ValueError otherwise).
-    """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    from minillm import checkpoint as ckpt
-
-    if not (checkpoint / SHARDS).is_dir():
-        raise ValueError(f"{checkpoint} is a single-process checkpoint; resume it with strategy 'single'")
-    state = ckpt.read_trainer_state(checkpoint)
-    if state.get("world_size") != ctx.world_size:
-        raise ValueError(f"{checkpoint} was saved by {state.get('world_size')} processes; resume it with "
-                         f"--nproc_per_node/--nnodes giving that many, not {ctx.world_size}")  # fmt: skip
-    _check_config(checkpoint, model.config)
-    target = _state_dicts(model, optimizer)
-    dcp.load(target, checkpoint_id=checkpoint / SHARDS)
-    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
-    return ckpt.restore_progress(state, data_rng, scaler)
-
-
-def _check_config(checkpoint: Path, config: Any) -> None:
-    from minillm.model import GPTConfig
-
-    saved = GPTConfig(**json.loads((checkpoint / "config.json").read_text()))
-    if saved != config:
-        diff = {k: (v, getattr(config, k)) for k, v in dataclasses.asdict(saved).items() if getattr(config, k) != v}
-        raise ValueError(f"checkpoint {checkpoint} holds a different model: (saved, requested) = {diff}")
-
-
-def load_sharded_model(checkpoint: str | os.PathLike, device: torch.device | str | None = None) -> nn.Module:
-    """The `GPT` of a `save_checkpoint` folder, read in one process (no process group needed)."""
-    import torch.distributed.checkpoint as dcp
-
-    from minillm.model import GPT, GPTConfig
-
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / SHARDS / ".metadata").is_file():
-        raise FileNotFoundError(f"{checkpoint} holds no distributed checkpoint ({SHARDS}/.metadata is missing)")
-    model = GPT(GPTConfig(**json.loads((checkpoint / "config.json").read_text())))
-    tied = {"lm_head.weight"} if model.config.tie_embeddings else set()
-    state = {k: v for k, v in model.state_dict().items() if k not in tied}  # a tied head is tok_emb.weight
-    with warnings.catch_warnings():  # DCP notes that it runs without a process group
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load({"model": state}, checkpoint_id=checkpoint / SHARDS, no_dist=True)
-    model.load_weights(state, source=str(checkpoint))
-    return model.to(device) if device is not None else model
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Gather a distributed checkpoint (or a run folder's latest) into one `model.safetensors` in `out_dir`.
-
-    `out_dir` gets `config.json`, `model.safetensors`, `tokenizer.json` and
-    `train_config.json`: `GPT.load(out_dir)` and `minillm.checkpoint.load_model(out_dir)` read it.
-    """
-    from minillm import checkpoint as ckpt
-
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / SHARDS).is_dir():
-        latest = ckpt.latest_checkpoint(checkpoint)
-        if latest is None or not (latest / SHARDS).is_dir():
-            raise FileNotFoundError(f"{checkpoint} is neither a distributed checkpoint nor a run folder with one")
-        checkpoint = latest
-    out = Path(out_dir)
-    load_sharded_model(checkpoint).save(out)
-    for name in ("tokenizer.json", "train_config.json"):
-        if (checkpoint / name).is_file():
-            shutil.copyfile(checkpoint / name, out / name)
-    return out

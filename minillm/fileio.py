@@ -6,7 +6,9 @@ never leaves a half-written tokenizer, shard, checkpoint or "latest" file.
 
 - ``atomic_write(path, data)`` for bytes or text you already hold;
 - ``with atomic_path(path) as tmp: save_file(state, tmp)`` for writers that want
-  a file name (safetensors, ``torch.save``, matplotlib's ``savefig``).
+  a file name (safetensors, ``torch.save``, matplotlib's ``savefig``);
+- ``fsync_tree(folder)`` before a whole folder is renamed into place (checkpoints:
+  see ``minillm.checkpoint``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, file_mode())
+        fsync(tmp)  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
+        fsync(path.parent)  # and the rename itself survives a power cut
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -46,6 +50,29 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') data to the disk. Folders on systems without that: a no-op."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # e.g. a folder on Windows
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """`fsync` every file and folder below `root` (before a folder is renamed into place)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync(Path(folder) / name)
+        fsync(folder)
 
 
 def file_mode() -> int:

@@ -36,8 +36,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tqdm.auto import tqdm
+
+from minillm.classify import GPTClassifier
+from minillm.device import autocast, resolve_device, resolve_precision
+from minillm.errors import ConfigError
 from minillm.fileio import atomic_write
+from minillm.lora import count_parameters
 from minillm.model import GPT
+from minillm.monitor import plot_metrics
+from minillm.optim import SCHEDULES, clip_grad_norm, lr_at, make_optimizer
+from minillm.train import forward_backward
 
 # ---------------------------------------------------------------------------
 # Which parameters train
@@ -45,8 +54,6 @@ from minillm.model import GPT
 
 
 def _gpt_of(model: nn.Module) -> GPT:
-    from minillm.classify import GPTClassifier
-
     if isinstance(model, GPTClassifier):
         return model.gpt
     if isinstance(model, GPT):
@@ -63,13 +70,11 @@ def set_trainable(model: nn.Module, layers: str | int = "all") -> dict[str, int 
     their general features). For a plain GPT with tied embeddings the head is the
     token embedding, so "head" trains the embedding too.
     """
-    from minillm.lora import count_parameters
-
     gpt = _gpt_of(model)
     n_layer = gpt.config.n_layer
     if isinstance(layers, bool) or not (layers in ("all", "none", "head") or (isinstance(layers, int) and
                                                                                 0 <= layers <= n_layer)):
-        raise ValueError(f"layers must be 'all', 'none', 'head' or a number of blocks in [0, {n_layer}], "
+        raise ConfigError(f"layers must be 'all', 'none', 'head' or a number of blocks in [0, {n_layer}], "
                          f"got {layers!r}")  # fmt: skip
     model.requires_grad_(layers == "all")
     if layers not in ("all", "none"):
@@ -99,8 +104,6 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | Non
     (logits (B, K) with targets (B,), a `GPTClassifier`), {"loss": ..., "accuracy": ...}.
     The loss is averaged per sequence (classification) or per batch (language modelling).
     """
-    from minillm.device import autocast
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -147,8 +150,6 @@ class FinetuneConfig:
     seed: int = 123
 
     def __post_init__(self) -> None:
-        from minillm.optim import SCHEDULES
-
         for name in ("epochs", "eval_interval"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -188,20 +189,13 @@ def finetune(
     (`minillm.train.plot_metrics`); the model itself is saved by the caller
     (`GPTClassifier.save`, `GPT.save`, `minillm.lora.save_adapter`).
     """
-    from tqdm.auto import tqdm
-
-    from minillm.optim import clip_grad_norm, lr_at, make_optimizer
-    from minillm.device import resolve_device, resolve_precision
-    from minillm.monitor import plot_metrics
-    from minillm.train import forward_backward
-
     t0 = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no parameter requires a gradient; unfreeze some (set_trainable) or inject LoRA adapters")
+        raise ConfigError("no parameter requires a gradient; unfreeze some (set_trainable) or inject LoRA adapters")
     torch.manual_seed(config.seed)
     optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2))
     total = config.max_steps or config.epochs * len(train_loader)

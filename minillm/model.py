@@ -23,12 +23,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minillm.attention import AttentionConfig, KVCache, sinusoidal_positions
+from minillm.errors import CheckpointError, CheckpointNotFoundError
 from minillm.fileio import atomic_path, atomic_write
 from minillm.layers import MLPS, NORMS, Block, make_norm
 
@@ -44,16 +47,16 @@ class GPTConfig:
     n_head: int = 12
     n_kv_head: int | None = None  # None: n_head; fewer = grouped-query attention; 1 = multi-query
     d_ff: int | None = None  # MLP width; None: 4*d_model (gelu), 8/3*d_model rounded up to 256 (swiglu)
-    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # "gelu" | "swiglu"
-    positions: str = "learned"  # "learned" | "sinusoidal" | "rope" | "none"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    positions: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
     rope_theta: float = 10000.0
     bias: bool = True  # biases in linear layers and LayerNorms
     dropout: float = 0.0
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     pre_norm: bool = True  # False: post-LN (original transformer)
-    attn_impl: str = "sdpa"  # "sdpa" (fused PyTorch kernel) | "manual" (written out)
+    attn_impl: Literal["sdpa", "manual"] = "sdpa"  # fused PyTorch kernel | written out
     vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64 helps GPUs)
     init_std: float = 0.02
 
@@ -72,10 +75,10 @@ class GPTConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
-        """A named configuration (see `PRESETS`), optionally with fields overridden."""
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        """A named configuration (see `MODEL_SHAPES`), optionally with fields overridden."""
+        if name not in MODEL_SHAPES:
+            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(MODEL_SHAPES)}")
+        return cls(**{**MODEL_SHAPES[name], **overrides})
 
     def attention(self) -> AttentionConfig:
         """The `AttentionConfig` of every block."""
@@ -118,7 +121,7 @@ class GPTConfig:
 
 _GPT2 = {"vocab_size": 50257, "context_length": 1024, "norm": "layernorm", "mlp": "gelu", "positions": "learned"}
 _LLAMA = {"vocab_size": 32000, "norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False}
-PRESETS: dict[str, dict] = {
+MODEL_SHAPES: dict[str, dict] = {
     "gpt2": dict(_GPT2, d_model=768, n_layer=12, n_head=12),
     "gpt2-medium": dict(_GPT2, d_model=1024, n_layer=24, n_head=16),
     "gpt2-large": dict(_GPT2, d_model=1280, n_layer=36, n_head=20),
@@ -266,34 +269,32 @@ class GPT(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` to `directory` (atomically); returns it."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if self.config.tie_embeddings:
-            state.pop("lm_head.weight")  # the same tensor as tok_emb.weight
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, tmp, metadata={"format": "pt"})
-        atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
-        return directory
+        return save_weights(directory, self.config, self.state_dict())
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> GPT:
-        """Load a checkpoint written by `save`; raises ValueError if config and weights disagree."""
-        from safetensors.torch import load_file
-
+        """Load a folder written by `save`; raises CheckpointError if it is incomplete, corrupt or inconsistent."""
         directory = Path(directory)
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise FileNotFoundError(f"{path} not found; a minillm checkpoint is a directory written by GPT.save")
-        fields = json.loads(config_path.read_text())
+                raise CheckpointNotFoundError(f"{path} not found; a minillm model folder holds config.json and "
+                                              "model.safetensors (written by GPT.save)")  # fmt: skip
+        try:
+            fields = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{config_path} is not valid JSON ({err}); the folder is damaged") from err
+        if not isinstance(fields, dict):
+            raise CheckpointError(f"{config_path} does not hold a GPTConfig object")
         unknown = set(fields) - {f.name for f in dataclasses.fields(GPTConfig)}
         if unknown:
-            raise ValueError(f"{config_path} has unknown GPTConfig fields {sorted(unknown)}")
-        model = cls(GPTConfig(**fields))
-        model.load_weights(load_file(weights_path), source=str(weights_path))
+            raise CheckpointError(f"{config_path} has unknown GPTConfig fields {sorted(unknown)}")
+        try:
+            config = GPTConfig(**fields)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{config_path} holds an invalid model config: {err}") from err
+        model = cls(config)
+        model.load_weights(read_safetensors(weights_path), source=str(weights_path))
         return model.to(device) if device is not None else model
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
@@ -307,7 +308,7 @@ class GPT(nn.Module):
         wrong = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                  for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
         if missing or unexpected or wrong:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source} does not match the model config: missing keys {missing[:8]}, "
                 f"unexpected keys {unexpected[:8]}, wrong shapes {wrong[:8]}"
             )
@@ -332,6 +333,38 @@ class GPT(nn.Module):
         model.load_weights(_hf_state_dict(_read_safetensors(directory), model.config, hf["model_type"]),
                            source=f"{directory} ({hf['model_type']})")  # fmt: skip
         return model.to(device) if device is not None else model
+
+
+# ---------------------------------------------------------------------------
+# Weights on disk (safetensors: tensors only, nothing executable)
+# ---------------------------------------------------------------------------
+
+
+def save_weights(directory: str | os.PathLike, config: GPTConfig, state: dict[str, torch.Tensor]) -> Path:
+    """Write a model's `state` (a full, unsharded state dict) and `config` as `model.safetensors` + `config.json`.
+
+    A tied head is stored once (as `tok_emb.weight`). Each file is written atomically.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    return directory
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or corrupt file raises CheckpointError."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path} not found") from None
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+                              "it is truncated or corrupt: use another checkpoint or train again") from err
 
 
 # ---------------------------------------------------------------------------

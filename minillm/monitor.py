@@ -12,14 +12,19 @@ and vector units, so it is unknown unless you give it (`peak_tflops`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from minillm.fileio import atomic_write
+from minillm.fileio import atomic_path, atomic_write
+from minillm.scaling import DEVICES
+
+log = logging.getLogger(__name__)
 
 
 def device_peak_flops(device: torch.device, precision: str, peak_tflops: float = 0.0) -> float | None:
@@ -32,8 +37,6 @@ def device_peak_flops(device: torch.device, precision: str, peak_tflops: float =
         return peak_tflops * 1e12
     if device.type != "cuda":
         return None
-    from minillm.scaling import DEVICES
-
     name = torch.cuda.get_device_name(device)
     for key, spec in DEVICES.items():
         if key in name:
@@ -62,8 +65,8 @@ class MetricsLog:
         if out is None:
             return
         path = out / "metrics.jsonl"
-        if path.exists():  # a resumed run: keep what the checkpoint had seen
-            self.records = [r for r in read_metrics(path) if r["step"] <= start_step]
+        if path.exists():  # a resumed run: keep what the checkpoint had seen (a torn last line is dropped)
+            self.records = [r for r in read_metrics(path, repair=True) if r["step"] <= start_step]
             atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records))
         self.fh = open(path, "a", encoding="utf-8")
 
@@ -79,8 +82,6 @@ class MetricsLog:
     def sample(self, step: int, text: str, verbose: bool) -> None:
         """Print a generated sample (if `verbose`) and append it to `samples.txt`."""
         if verbose:
-            from tqdm.auto import tqdm
-
             tqdm.write(f"--- sample at step {step} ---\n{text}\n")
         if self.out is not None:
             with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
@@ -92,14 +93,33 @@ class MetricsLog:
             self.fh.close()
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a `metrics.jsonl` file (a missing file is an error)."""
+def read_metrics(path: str | os.PathLike, repair: bool = False) -> list[dict]:
+    """The records of a `metrics.jsonl` file (a missing file is an error).
+
+    A run killed mid-write can leave a torn last line. `repair=True` drops it
+    with a warning (a resumed run does this); otherwise it is an error, as is a
+    bad line anywhere but the end.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; metrics.jsonl is written by minillm.train.train")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a metrics record")
+        except ValueError as err:
+            if repair and i == len(lines) - 1:
+                log.warning("%s: dropped a torn last line (%d characters) left by an interrupted write", path,
+                            len(line))
+                break
+            raise ValueError(f"{path}, line {i + 1} is not a metrics record ({err})") from err
+        records.append(record)
+    return records
 
 
 def plot_metrics(records: list[dict], path: str | os.PathLike | None = None, title: str = ""):
@@ -126,9 +146,7 @@ def plot_metrics(records: list[dict], path: str | os.PathLike | None = None, tit
     ax.legend()
     fig.tight_layout()
     if path is not None:
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, target)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
         plt.close(fig)
     return fig

@@ -21,7 +21,8 @@ from minillm import distributed as D
 from minillm.memory import state_bytes
 from minillm.model import GPT, GPTConfig
 from minillm.optim import make_optimizer
-from minillm.presets import load_data, preset_config
+from minillm.config import preset_config
+from minillm.corpus import load_data
 from minillm.train import forward_backward, train
 
 

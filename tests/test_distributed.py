@@ -23,8 +23,11 @@ from minillm import distributed as D
 from minillm.checkpoint import load_model
 from minillm.memory import estimate_memory
 from minillm.model import GPT, GPTConfig
-from minillm.presets import preset_config
-from minillm.train import TrainConfig, train
+from minillm import checkpoint as ckpt
+from minillm.config import TrainConfig, preset_config
+from minillm.corpus import prepare_corpus
+from minillm.errors import ConfigError, LaunchError
+from minillm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Over the shakespeare-char preset: a tiny character model of The Verdict, 2 micro-batches per step.
@@ -32,6 +35,7 @@ OVERRIDES = dict(data="the-verdict", n_layer=2, n_head=2, d_model=32, context_le
                  max_steps=6, warmup_steps=2, lr=3e-3, min_lr=3e-4, eval_interval=3, eval_batches=2, sample_tokens=0,
                  device="cpu")  # fmt: skip
 TIMEOUT = 900  # seconds for a launch on a busy machine
+PRESET_STEPS = 20  # the shakespeare-char preset under torchrun, as a reader would launch it
 
 
 def free_port() -> int:
@@ -40,41 +44,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(cache: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MINILLM_CACHE_DIR=str(cache))  # fmt: skip
     env.setdefault("MINILLM_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     return env
 
 
-def _finish(proc: subprocess.Popen, what: str) -> None:
+def _finish(proc: subprocess.Popen, what: str) -> str:
     try:
         out, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
     assert proc.returncode == 0, f"{what} failed (exit {proc.returncode}):\n{out[-6000:]}"
+    return out
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory) -> dict:
-    """Start the 2-rank worker and the two-node CLI run side by side; wait for both."""
+    """Start the 2-rank worker, a two-node CLI run on a prepared corpus, and the preset under torchrun."""
     tmp = tmp_path_factory.mktemp("dist")
     spec = tmp / "spec.json"
     spec.write_text(json.dumps({"out": str(tmp), "overrides": OVERRIDES}))
+    # the corpus the two-node run reads: prepared once here; no rank may tokenize again
+    prepared = tmp / "verdict-char"
+    prepare_corpus(preset_config("shakespeare-char", **OVERRIDES), prepared)
+    stamps = {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()}
     run = [sys.executable, "-m", "torch.distributed.run"]
-    common = dict(cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    common = dict(cwd=ROOT, env=_env(tmp / "cache"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     worker = subprocess.Popen([*run, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                                str(ROOT / "tests" / "dist_worker.py"), str(spec)], **common)  # fmt: skip
     port = free_port()
-    cli = ["-m", "minillm", "train", "--preset", "shakespeare-char", "--out", str(tmp / "two_nodes"),
-           "--strategy", "ddp", "--no-progress"] + [a for k, v in OVERRIDES.items() for a in (f"--{k}", str(v))]  # fmt: skip
+    settings = {k: v for k, v in OVERRIDES.items() if k != "data"}
+    cli = ["-m", "minillm", "train", "--preset", "shakespeare-char", "--out", str(tmp / "two_nodes"), "--data",
+           str(prepared), "--strategy", "ddp", "--no-progress"] + [a for k, v in settings.items()
+                                                                   for a in (f"--{k}", str(v))]  # fmt: skip
     nodes = [subprocess.Popen([*run, "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=1",
                                "--master_addr=127.0.0.1", f"--master_port={port}", *cli], **common)
              for i in range(2)]  # fmt: skip
     _finish(worker, "the 2-rank worker")
     for i, node in enumerate(nodes):
         _finish(node, f"node {i} of the two-node run")
-    return {"tmp": tmp, **json.loads((tmp / "results.json").read_text())}
+    # the preset exactly as a reader types it: no --strategy, no --grad-accum, no --batch-size
+    preset = subprocess.Popen([*run, "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                               "-m", "minillm", "train", "--preset", "shakespeare-char", "--max-steps",
+                               str(PRESET_STEPS), "--out", str(tmp / "preset"), "--no-progress"], **common)  # fmt: skip
+    preset_log = _finish(preset, "the shakespeare-char preset under torchrun")
+    return {"tmp": tmp, "prepared": prepared, "stamps": stamps, "preset_log": preset_log,
+            **json.loads((tmp / "results.json").read_text())}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -129,19 +147,19 @@ def test_ddp_defers_the_all_reduce_to_the_last_micro_batch_and_equals_one_big_ba
 
 def test_sharded_checkpoint_resume_continues_the_same_curve(launched):
     torch.testing.assert_close(launched["fsdp_resumed"], launched["fsdp"], rtol=0, atol=1e-6)
-    shards = launched["tmp"] / "fsdp" / "checkpoints" / "step_0000006" / D.SHARDS
+    shards = launched["tmp"] / "fsdp" / "checkpoints" / "step_0000006" / ckpt.SHARDS
     assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one per rank
 
 
 def test_export_gives_one_safetensors_file_with_the_same_logits(launched, tmp_path):
     saved = torch.load(launched["tmp"] / "logits.pt", weights_only=True)
-    out = D.export_checkpoint(launched["tmp"] / "fsdp", tmp_path / "export")
+    out = ckpt.export_checkpoint(launched["tmp"] / "fsdp", tmp_path / "export")
     assert (out / "model.safetensors").is_file()
     model = GPT.load(out).eval()
     with torch.no_grad():
         logits, _ = model(saved["x"])
     torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-5)
-    direct, tokenizer = load_model(launched["tmp"] / "fsdp")  # the sharded checkpoint, read in one process
+    direct, tokenizer = load_model(launched["tmp"] / "fsdp")  # its full weights, written at every sharded save
     torch.testing.assert_close(direct(saved["x"])[0], saved["logits"], rtol=0, atol=1e-5)
     assert tokenizer.vocab_size == model.config.vocab_size
 
@@ -151,7 +169,28 @@ def test_two_nodes_match_the_single_node_run(launched):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in records if "train_loss" in r]
     torch.testing.assert_close(losses, launched["ddp"], rtol=0, atol=1e-5)
-    assert (run / "checkpoints" / "step_0000006" / D.SHARDS / ".metadata").is_file()
+    assert (run / "checkpoints" / "step_0000006" / ckpt.SHARDS / ".metadata").is_file()
+
+
+def test_torchrun_ranks_read_the_prepared_shards_without_tokenizing_again(launched):
+    prepared = launched["prepared"]
+    assert {p.name: p.stat().st_mtime_ns for p in prepared.iterdir()} == launched["stamps"]  # untouched
+    corpora = launched["tmp"] / "cache" / "corpora"
+    assert not any(p.name.startswith("the-verdict") for p in corpora.glob("*"))  # nothing prepared again
+    saved = ckpt.read_config(launched["tmp"] / "two_nodes")
+    assert saved.data == str(prepared) and saved.tokenizer == "char"
+
+
+def test_the_preset_under_torchrun_needs_no_extra_flags_and_logs_the_one_process_losses(launched):
+    log = launched["preset_log"]
+    assert "2 processes share each micro-batch of 12 sequences (6 each)" in log
+    records = [json.loads(line) for line in (launched["tmp"] / "preset" / "metrics.jsonl").read_text().splitlines()]
+    ranked = [r["train_loss"] for r in records if "train_loss" in r]
+    torch.set_num_threads(1)
+    one = train(preset_config("shakespeare-char", max_steps=PRESET_STEPS), None, progress=False, verbose=False)
+    alone = [r["train_loss"] for r in one.history if "train_loss" in r]
+    assert len(ranked) == PRESET_STEPS
+    torch.testing.assert_close(ranked, alone, rtol=0, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -195,16 +234,29 @@ def test_bf16_autocast_trains_in_one_process():
 def test_distributed_strategies_need_torchrun_and_whole_micro_batches(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
-    with pytest.raises(RuntimeError, match="torchrun --nproc_per_node"):
+    with pytest.raises(LaunchError, match="torchrun --nproc_per_node"):
         train(tiny(strategy="ddp"), None, progress=False)
-    with pytest.raises(ValueError, match="strategy must be one of"):
+    with pytest.raises(ConfigError, match="strategy must be one of"):
         TrainConfig(strategy="zero9")
-    with pytest.raises(ValueError, match="fp16 with strategy fsdp"):
+    with pytest.raises(ConfigError, match="fp16 with strategy fsdp"):
         TrainConfig(strategy="fsdp", precision="fp16")
-    with pytest.raises(ValueError, match=r"multiple of the world size \(2\).*--grad-accum 2"):
-        D.local_accumulation(3, 2)
+    assert D.resolve_strategy("auto") == "single"  # no torchrun here
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert D.resolve_strategy("auto") == "ddp" and D.resolve_strategy("fsdp") == "fsdp"
+
+
+def test_a_global_batch_is_shared_by_whole_micro_batches_or_by_rows():
+    assert D.batch_split(4, 12, 2) == (2, 1)  # whole micro-batches
+    assert D.batch_split(1, 12, 2) == (1, 2)  # one micro-batch, half its rows each
+    assert D.batch_split(2, 6, 4) == (1, 2)
+    with pytest.raises(ConfigError, match=r"cannot share.*--grad-accum 6"):
+        D.batch_split(3, 5, 2)
     assert D.shard_micro_batches(list("abcdef"), 1, 3) == ["c", "d"]
     assert D.shard_micro_batches(list("abcd"), 0, 1) == list("abcd")
+    x = torch.arange(24).reshape(6, 4)
+    halves = [D.shard_micro_batches([(x, x + 1)], rank, 2)[0] for rank in range(2)]
+    torch.testing.assert_close(torch.cat([h[0] for h in halves]), x)  # the ranks' rows make the whole batch
+    torch.testing.assert_close(torch.cat([h[1] for h in halves]), x + 1)
 
 
 def test_single_process_context_and_helpers():
@@ -235,8 +287,6 @@ def test_print0_prints_on_rank_0_only(monkeypatch, capsys):
     assert capsys.readouterr().out == "shown\n"
 
 
-def test_export_and_restore_reject_what_they_cannot_read(tmp_path):
-    with pytest.raises(FileNotFoundError, match="distributed checkpoint"):
-        D.export_checkpoint(tmp_path, tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="metadata"):
-        D.load_sharded_model(tmp_path)
+def test_export_rejects_a_folder_without_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no model"):
+        ckpt.export_checkpoint(tmp_path, tmp_path / "out")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from minillm.generate import generate
 from minillm.layers import Block, GeluMLP, RMSNorm, SwiGLU, make_mlp, make_norm
-from minillm.model import GPT, PRESETS, GPTConfig
+from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 
 def tiny(**kw) -> GPTConfig:
@@ -212,7 +212,7 @@ def test_llama2_7b_preset_count_matches_transformers():
         ours = GPT(GPTConfig.from_preset("llama2-7b"))
         hf = LlamaForCausalLM(LlamaConfig())  # LlamaConfig's defaults are Llama-2-7B's shapes
     assert ours.num_parameters() == sum(p.numel() for p in hf.parameters()) == 6_738_415_616
-    assert set(PRESETS) >= {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-110m", "llama2-7b"}
+    assert set(MODEL_SHAPES) >= {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-110m", "llama2-7b"}
 
 
 # -- checkpoints --------------------------------------------------------------

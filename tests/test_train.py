@@ -1,4 +1,4 @@
-"""minillm.train, minillm.checkpoint and minillm.presets on tiny models (a few seconds each)."""
+"""minillm.train, minillm.checkpoint, minillm.config and minillm.corpus on tiny models (a few seconds each)."""
 
 from __future__ import annotations
 
@@ -17,23 +17,12 @@ from minillm.data import read_text
 from minillm.device import resolve_device, resolve_precision
 from minillm.model import GPT, GPTConfig
 from minillm.monitor import device_peak_flops, mfu, plot_metrics, read_metrics
-from minillm.presets import (
-    PRESETS,
-    TrainData,
-    apply_overrides,
-    load_data,
-    preset_config,
-)
-from minillm.train import (
-    NonFiniteLossError,
-    TrainConfig,
-    eval_windows,
-    evaluate,
-    forward_backward,
-    pretrained_tiny,
-    sample_text,
-    train,
-)
+from minillm import config as config_module
+from minillm.config import PRESETS, TrainConfig, apply_overrides, preset_config
+from minillm.corpus import TrainData, load_data, read_documents
+from minillm.errors import CheckpointError, ConfigError, RunFolderError
+from minillm.pretrained import pretrained_tiny
+from minillm.train import NonFiniteLossError, eval_windows, evaluate, forward_backward, sample, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +33,7 @@ def tiny(**overrides) -> TrainConfig:
     base = dict(data="the-verdict", tokenizer="char", n_layer=2, n_head=2, d_model=32, context_length=16,
                 batch_size=4, max_steps=12, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=4, eval_batches=2,
                 sample_tokens=8, sample_prompt="I", device="cpu")  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    return apply_overrides(TrainConfig(), {**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +99,13 @@ def test_devices_precision_and_peak():
         resolve_device("gpu")
 
 
-def test_sample_text_is_reproducible_and_leaves_the_global_rng_alone(verdict):
-    model = GPT(tiny().model_config(verdict.tokenizer.vocab_size))
+def test_sample_is_reproducible_and_leaves_the_global_rng_alone(verdict):
+    config = tiny(sample_prompt="I had", sample_tokens=12, seed=3)
+    model = GPT(config.model_config(verdict.tokenizer.vocab_size))
     before = torch.get_rng_state()
-    a = sample_text(model, verdict.tokenizer, "I had", 12, seed=3)
+    a = sample(model, verdict.tokenizer, config)
     assert torch.equal(before, torch.get_rng_state())
-    assert a == sample_text(model, verdict.tokenizer, "I had", 12, seed=3)
+    assert a == sample(model, verdict.tokenizer, config)
     assert a.startswith("I had") and len(a) == len("I had") + 12
 
 
@@ -124,18 +114,50 @@ def test_sample_text_is_reproducible_and_leaves_the_global_rng_alone(verdict):
 
 def test_shakespeare_char_preset_is_the_baby_gpt():
     c = preset_config("shakespeare-char")
-    assert (c.n_layer, c.n_head, c.d_model, c.context_length, c.batch_size) == (4, 4, 128, 64, 12)
-    assert (c.max_steps, c.lr, c.dropout, c.precision, c.tokenizer) == (2000, 1e-3, 0.0, "fp32", "char")
+    m = c.model
+    assert (m.n_layer, m.n_head, m.d_model, m.context_length, c.batch_size) == (4, 4, 128, 64, 12)
+    assert (c.max_steps, c.lr, m.dropout, c.precision, c.tokenizer) == (2000, 1e-3, 0.0, "fp32", "char")
     assert set(PRESETS) >= {"shakespeare-char", "quickstart", "gpt2-124m"}
     g = preset_config("gpt2-124m")
-    assert (g.n_layer, g.d_model, g.context_length, g.tokenizer, g.compile) == (12, 768, 1024, "gpt2", True)
+    assert (g.model.n_layer, g.model.d_model, g.context_length, g.tokenizer, g.compile) == (12, 768, 1024, "gpt2", True)
 
 
 def test_unknown_preset_and_override_keys_list_the_valid_ones():
-    with pytest.raises(KeyError, match="unknown preset 'shakespeare'.*shakespeare-char"):
+    with pytest.raises(ConfigError, match="unknown preset 'shakespeare'.*shakespeare-char"):
         preset_config("shakespeare")
-    with pytest.raises(KeyError, match=r"unknown setting 'lrr' \(did you mean lr\?\).*max_steps"):
+    with pytest.raises(ConfigError, match=r"unknown setting 'lrr' \(did you mean lr\?\).*max_steps"):
         preset_config("shakespeare-char", lrr=0.1)
+
+
+def test_every_model_field_is_a_setting_so_a_llama_gqa_model_trains_from_presets():
+    c = preset_config("shakespeare-char", n_kv_head="2", d_ff="96", rope_theta="500000", tie_embeddings="false",
+                      attn_impl="manual", positions="rope", norm="rmsnorm", mlp="swiglu", bias="false")
+    m = c.model
+    assert (m.kv_heads, m.ff_width, m.rope_theta, m.tie_embeddings, m.attn_impl) == (2, 96, 5e5, False, "manual")
+    assert apply_overrides(c, {"model.n_layer": "3"}).model.n_layer == 3  # dotted names work too
+    with pytest.raises(ConfigError, match="'norm' needs one of layernorm, rmsnorm, got 'batchnorm'"):
+        apply_overrides(c, {"norm": "batchnorm"})
+    with pytest.raises(ConfigError, match="'strategy' needs one of single, ddp, fsdp"):
+        apply_overrides(c, {"strategy": "zero9"})
+    with pytest.raises(ConfigError, match="divisible by n_kv_head"):
+        apply_overrides(c, {"n_kv_head": "3"})
+    assert apply_overrides(c, {"d_ff": "none"}).model.d_ff is None
+
+
+def test_derived_model_values_follow_replace_and_the_config_round_trips_through_json():
+    gelu = preset_config("shakespeare-char").model
+    assert gelu.ff_width == 4 * 128 and gelu.d_ff is None
+    swiglu = apply_overrides(preset_config("shakespeare-char"), {"mlp": "swiglu"}).model
+    assert swiglu.ff_width == 256 * math.ceil(8 * 128 / 3 / 256)  # recomputed, not the old 512 kept
+    c = preset_config("quickstart", n_kv_head=2)
+    assert TrainConfig.from_dict(json.loads(c.to_json())) == c
+    legacy = {"data": "tinyshakespeare", "tokenizer": "char", "n_layer": 3, "d_model": 64, "context_length": 32,
+              "n_head": 4, "lr": 2e-3}  # the flat layout train_config.json had before the model was nested
+    old = TrainConfig.from_dict(legacy)
+    assert (old.model.n_layer, old.model.d_model, old.context_length, old.lr) == (3, 64, 32, 2e-3)
+    with pytest.raises(ConfigError, match="unknown TrainConfig fields"):
+        TrainConfig.from_dict({"lr": 1e-3, "colour": "red"})
+    assert c.differences(apply_overrides(c, {"lr": "1e-2", "n_layer": "2"})) == {"lr": (3e-3, 1e-2), "n_layer": (4, 2)}
 
 
 def test_overrides_are_typed_from_the_dataclass():
@@ -172,10 +194,8 @@ def test_load_data_char_bpe_and_files(verdict, tmp_path):
 
 
 def test_exclude_files_drops_stdlib_files_by_glob():
-    from minillm.presets import _read_documents
-
     full = read_text("python-stdlib")
-    kept = _read_documents(tiny(data="python-stdlib", exclude_files="encodings/*, json/*"))[0]
+    kept = read_documents(tiny(data="python-stdlib", exclude_files="encodings/*, json/*"))[0]
     assert "# ==== file: encodings/utf_8.py ====" in full and "# ==== file: json/decoder.py ====" in full
     assert "# ==== file: encodings/" not in kept and "# ==== file: json/" not in kept
     assert "# ==== file: argparse.py ====" in kept and len(kept) < len(full)
@@ -349,11 +369,10 @@ def test_plot_metrics_returns_a_figure(tmp_path):
 
 
 def test_pretrained_tiny_trains_once_then_loads_from_the_cache(cache_dir, monkeypatch):
-    import minillm.presets as presets
-    import minillm.train as train_module
+    import minillm.pretrained as pretrained_module
 
-    monkeypatch.setitem(presets.TINY, "shakespeare-char",
-                        dict(n_layer=1, d_model=32, context_length=16, max_steps=3, eval_interval=3, eval_batches=1,
+    monkeypatch.setitem(config_module.TINY, "shakespeare-char",
+                        dict(model=dict(n_layer=1, d_model=32, context_length=16), max_steps=3, eval_interval=3, eval_batches=1,
                              sample_tokens=0, max_chars=20_000, device="cpu"))  # fmt: skip
     model, tok = pretrained_tiny("shakespeare-char")
     assert model.config.n_layer == 1 and tok.vocab_size == model.config.vocab_size
@@ -363,23 +382,21 @@ def test_pretrained_tiny_trains_once_then_loads_from_the_cache(cache_dir, monkey
     def no_training(*args, **kwargs):
         raise AssertionError("pretrained_tiny trained again instead of using its cache")
 
-    monkeypatch.setattr(train_module, "train", no_training)
+    monkeypatch.setattr(pretrained_module, "train", no_training)
     again, _ = pretrained_tiny("shakespeare-char")
     for a, b in zip(model.parameters(), again.parameters()):
         assert torch.equal(a, b)
-    with pytest.raises(KeyError, match="unknown tiny model.*shakespeare-char"):
+    with pytest.raises(ConfigError, match="unknown tiny model.*shakespeare-char"):
         pretrained_tiny("tiny-stories")
 
 
 def test_pretrained_tiny_without_cache_trains_the_same_model(cache_dir, monkeypatch):
-    import minillm.presets as presets
-
-    monkeypatch.setitem(presets.TINY, "quickstart",
-                        dict(n_layer=1, d_model=32, context_length=16, max_steps=2, eval_interval=2, eval_batches=1,
+    monkeypatch.setitem(config_module.TINY, "quickstart",
+                        dict(model=dict(n_layer=1, d_model=32, context_length=16), max_steps=2, eval_interval=2, eval_batches=1,
                              sample_tokens=0, max_chars=20_000, device="cpu"))  # fmt: skip
     a, _ = pretrained_tiny("quickstart", cache=False)
     b, _ = pretrained_tiny("quickstart", cache=False)
-    assert not cache_dir.exists()  # nothing written
+    assert not (cache_dir / "pretrained").exists()  # no model written (the corpus is cached for reuse)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)  # seeded: deterministic
 

@@ -17,7 +17,7 @@ import torch
 
 from minillm.bench import environment
 from minillm.evaluate import score_multiple_choice
-from minillm.model import GPT, PRESETS, GPTConfig
+from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 
 def _sync(device: torch.device) -> None:
@@ -39,7 +39,7 @@ def time_scoring(model: GPT, tokenizer, examples, batch_size: int) -> tuple[floa
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print one line per setting; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m minillm.bench evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="gpt2", choices=sorted(p for p in PRESETS if p.startswith("gpt2")),
+    parser.add_argument("--preset", default="gpt2", choices=sorted(p for p in MODEL_SHAPES if p.startswith("gpt2")),
                         help="model shape, random weights (default gpt2 = 124M)")  # fmt: skip
     parser.add_argument("--n-layer", type=int, default=None, help="override the preset's number of layers")
     parser.add_argument("--d-model", type=int, default=None, help="override the preset's width (64 per head)")

@@ -29,7 +29,7 @@ import time
 import torch
 
 from minillm.bench import environment
-from minillm.model import GPT, PRESETS, GPTConfig
+from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 
 def _sync(device: torch.device) -> None:
@@ -110,7 +110,7 @@ def _measure_in_subprocess(kwargs: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m minillm.bench finetune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="gpt2", choices=sorted(PRESETS), help="model shapes (default gpt2)")
+    parser.add_argument("--preset", default="gpt2", choices=sorted(MODEL_SHAPES), help="model shapes (default gpt2)")
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16], help="LoRA ranks (default 4 8 16)")
     parser.add_argument("--targets", nargs="+", default=["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
                         help="layers that get adapters (default: every attention and MLP projection)")  # fmt: skip

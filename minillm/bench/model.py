@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from minillm.attention import causal_mask, scaled_dot_product_attention
 from minillm.bench import environment
 from minillm.generate import generate
-from minillm.model import GPT, PRESETS, GPTConfig
+from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 # Dense bf16 peak TFLOP/s (no sparsity) of some GPUs, for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
@@ -101,12 +101,12 @@ def bench_generation(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cach
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m minillm.bench model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="gpt2", choices=sorted(PRESETS), help="model for the training step")
+    parser.add_argument("--preset", default="gpt2", choices=sorted(MODEL_SHAPES), help="model for the training step")
     parser.add_argument("--batch", type=int, default=1, help="batch size of the training step (default 1)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (default 3)")
     parser.add_argument(
-        "--gen-preset", default=None, choices=sorted(PRESETS), help="generation model (default: --preset)"
+        "--gen-preset", default=None, choices=sorted(MODEL_SHAPES), help="generation model (default: --preset)"
     )
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens to generate (default 256)")
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt tokens for generation (default 16)")

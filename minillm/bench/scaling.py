@@ -12,7 +12,6 @@ and MFU per row, and peak memory with and without activation checkpointing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import socket
@@ -39,7 +38,7 @@ def _median_tokens_per_s(history: list[dict]) -> float:
 
 def cpu_scaling(steps: int) -> None:
     """Single process vs DDP with 2 processes on this CPU (each process 1 thread, as torchrun would)."""
-    from minillm.presets import preset_config
+    from minillm.config import preset_config
     from minillm.train import train
 
     config = preset_config("shakespeare-char", **{**CPU_SETTINGS, "max_steps": steps})
@@ -48,9 +47,9 @@ def cpu_scaling(steps: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "ddp.py"
         script.write_text(
-            "import dataclasses, json, sys, torch\nfrom minillm.presets import preset_config\n"
+            "import dataclasses, json, sys, torch\nfrom minillm.config import TrainConfig\n"
             "from minillm.train import train\ntorch.set_num_threads(1)\n"
-            f"config = dataclasses.replace(preset_config('shakespeare-char', **{dict(config.__dict__)!r}), "
+            f"config = dataclasses.replace(TrainConfig.from_dict(json.loads({config.to_json()!r})), "
             "strategy='ddp')\nr = train(config, None, progress=False, verbose=False)\n"
             f"import torch.distributed as d\nopen({str(Path(tmp) / 'h.json')!r}, 'w').write(json.dumps(r.history))"
             " if int(__import__('os').environ['RANK']) == 0 else None\n"
@@ -64,7 +63,7 @@ def cpu_scaling(steps: int) -> None:
         subprocess.run(cmd, env=env, check=True, capture_output=True)
         ddp = json.loads((Path(tmp) / "h.json").read_text())
     a, b = _median_tokens_per_s(single.history), _median_tokens_per_s(ddp)
-    print(f"model: {config.n_layer} layers, width {config.d_model}, context {config.context_length}, "
+    print(f"model: {config.model.n_layer} layers, width {config.model.d_model}, context {config.context_length}, "
           f"{config.tokens_per_step:,} tokens/step, {steps} steps")
     print(f"single process (1 thread)   {a:10,.0f} tokens/s")
     print(f"DDP, 2 processes (gloo)     {b:10,.0f} tokens/s   ({b / a:.2f}x single)")
@@ -88,51 +87,39 @@ def memory_table() -> None:
 
 def gpu_ablation(steps: int, data_files: str) -> None:
     """gpt2-124m on one GPU, one setting added per row; tokens/s and MFU (median after warm-up)."""
-    from minillm.presets import preset_config
+    from minillm.config import apply_overrides, preset_config
     from minillm.train import train
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device; without one run the CPU part (no --gpu)")
     base = preset_config("gpt2-124m", data="files", data_files=data_files, max_steps=steps, grad_accum=1,
                          eval_interval=10**6, eval_batches=1, sample_tokens=0, log_interval=1, compile=False,
-                         vocab_multiple=1, optimizer="minillm")  # fmt: skip
+                         vocab_multiple=1, optimizer="minillm", attn_impl="manual")  # fmt: skip
     rows = [
         ("fp32", dict(precision="fp32")),
         ("TF32", dict(precision="tf32")),
         ("bf16 autocast (manual attention)", dict(precision="bf16")),
-        ("+ SDPA/flash attention", dict(precision="bf16", attn="sdpa")),
-        ("+ fused AdamW", dict(precision="bf16", attn="sdpa", optimizer="torch")),
-        ("+ torch.compile", dict(precision="bf16", attn="sdpa", optimizer="torch", compile=True)),
-        ("+ vocab padded to 64", dict(precision="bf16", attn="sdpa", optimizer="torch", compile=True, vocab_multiple=64)),
+        ("+ SDPA/flash attention", dict(precision="bf16", attn_impl="sdpa")),
+        ("+ fused AdamW", dict(precision="bf16", attn_impl="sdpa", optimizer="torch")),
+        ("+ torch.compile", dict(precision="bf16", attn_impl="sdpa", optimizer="torch", compile=True)),
+        ("+ vocab padded to 64", dict(precision="bf16", attn_impl="sdpa", optimizer="torch", compile=True,
+                                      vocab_multiple=64)),
     ]  # fmt: skip
     print(f"{'setting':36} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
     for label, change in rows:
-        attn = change.pop("attn", "manual")
-        _attn_impl(attn)
-        config = dataclasses.replace(base, **change)
+        config = apply_overrides(base, change)
         torch.cuda.reset_peak_memory_stats()
         result = train(config, None, progress=False, verbose=False)
         recs = [r for r in result.history if "tokens_per_s" in r][5:]
         mfu = statistics.median(r.get("mfu", float("nan")) for r in recs)
         print(f"{label:36} {statistics.median(r['tokens_per_s'] for r in recs):10,.0f} {100 * mfu:6.1f}% "
               f"{torch.cuda.max_memory_allocated() / 2**30:9.2f}")
-    _attn_impl("sdpa")
     for ckpt in (False, True):
         torch.cuda.reset_peak_memory_stats()
-        train(dataclasses.replace(base, precision="bf16", optimizer="torch", activation_checkpointing=ckpt,
-                                  max_steps=3), None, progress=False, verbose=False)  # fmt: skip
+        train(apply_overrides(base, dict(precision="bf16", optimizer="torch", activation_checkpointing=ckpt,
+                                         max_steps=3, attn_impl="sdpa")), None, progress=False, verbose=False)
         print(f"peak memory, activation checkpointing {'on ' if ckpt else 'off'}: "
               f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-
-
-def _attn_impl(kind: str) -> None:
-    """Build the next runs' models with this attention ("manual": written out; "sdpa": fused kernel)."""
-    from minillm.train import TrainConfig
-
-    original = getattr(TrainConfig, "_bench_model_config", TrainConfig.model_config)
-    TrainConfig._bench_model_config = original
-    TrainConfig.model_config = lambda self, vocab_size: dataclasses.replace(original(self, vocab_size),
-                                                                            attn_impl=kind)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

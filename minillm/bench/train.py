@@ -31,7 +31,8 @@ TARGET_VAL_LOSS = 1.88
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (targets are reported, not enforced)."""
     from minillm.device import resolve_device, resolve_precision
-    from minillm.presets import load_data, preset_config
+    from minillm.config import preset_config
+    from minillm.corpus import load_data
     from minillm.train import evaluate, train
 
     parser = argparse.ArgumentParser(prog="python -m minillm.bench train", description=__doc__.split("\n\n")[1])
