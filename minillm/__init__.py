@@ -10,87 +10,128 @@ module                what it is for                                            
 ``quality``           normalization and heuristic quality rules                    01
 ``dedup``             exact and MinHash/LSH near-dedup, decontamination            01
 ``pii``               privacy redaction                                            01
-``curation``          the streaming curation pipeline and ``curate`` command       01
+``curation``          the streaming curation pipeline                              01
 ``tokenizer``         character and byte-level BPE tokenizers (GPT-2 parity)       02
 ``tokens``            token shards on disk, train/val split, batches               02
+``corpus``            text -> tokenizer -> token shards, prepared once             02, 05
 ``attention``         attention written out and fused, GQA, positions, KV cache    03
 ``layers``            norms, MLPs and the transformer block                        04
 ``model``             GPT-2 and Llama-style models from one config                 04
-``generate``          greedy, temperature, top-k, top-p sampling, streaming        04
+``generate``          greedy, temperature, top-k, top-p sampling; prompt -> text   04
+``hf``                export to (and parity with) Hugging Face ``transformers``    04
+``config``            the run configuration (``TrainConfig``) and named presets    05
 ``optim``             AdamW, weight-decay groups, schedules, clipping              05
 ``train``             the pretraining loop                                         05
-``presets``           named training configurations and their data                 05
-``checkpoint``        atomic checkpoints and exact resume                          05
+``strategy``          what differs between one process, DDP and FSDP               05-06
+``checkpoint``        atomic checkpoints, exact resume, loading and export         05
 ``monitor``           metrics.jsonl, tokens/s, MFU, loss plots                     05
+``pretrained``        small pretrained base models, trained once and cached        05-08
 ``device``            device and precision choice                                  05-06
-``distributed``       DDP, FSDP2, sharded checkpoints, torchrun                    06
+``distributed``       process groups, DDP and FSDP2 wrapping, torchrun             06
 ``memory``            where the bytes go: the memory estimator                     06
 ``lora``              LoRA from scratch                                            07
 ``classify``          classification heads and fine-tuning                         07
 ``instruct``          instruction tuning: formatting, masking, collation           07
-``finetune``          the ``finetune`` command                                     07
+``finetune``          the fine-tuning loop and which weights train                 07
 ``evaluate``          perplexity and multiple-choice scoring                       08
 ``tasks``             benchmark task loaders (HellaSwag, ARC, MMLU, TruthfulQA)    08
 ``metrics``           BLEU, ROUGE, LLM-as-judge                                    08
-``harness``           running tasks on a checkpoint; the ``evaluate`` command      08
+``harness``           running benchmark tasks on a model and reporting them        08
+``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
-``cli``, ``bench``    ``python -m minillm ...``, ``python -m minillm.bench ...``
+``cli``               ``python -m minillm ...``: every command                     all
+``bench``             ``python -m minillm.bench ...``: speed, as ratios            all
 ====================  ===========================================================  ========
 
 The names below are the ones a builder reaches for most; everything else is
 one ``import minillm.<module>`` away. Functions named like their module
 (``minillm.train.train``, ``minillm.generate.generate``) are not re-exported
 here, so ``minillm.train`` always means the module.
+
+``import minillm`` is cheap: it imports no module of the package (and so no
+torch) until a name below is first used; ``minillm.GPT`` then imports
+``minillm.model`` (PEP 562 module ``__getattr__``).
 """
 
-from minillm import scaling
-from minillm.attention import AttentionConfig, CausalSelfAttention, KVCache
-from minillm.checkpoint import load_model
-from minillm.data import download, load, read_text
-from minillm.model import GPT, GPTConfig
-from minillm.optim import AdamW, make_optimizer
-from minillm.presets import preset_config
-from minillm.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
-from minillm.tokens import (
-    SlidingWindowDataset,
-    TokenShards,
-    get_batch,
-    make_dataloader,
-    prepare_corpus,
-    read_shards,
-    split_tokens,
-    write_shards,
-)
-from minillm.train import TrainConfig, TrainResult, pretrained_tiny
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GPT",
-    "AdamW",
-    "AttentionConfig",
-    "BPETokenizer",
-    "CausalSelfAttention",
-    "CharTokenizer",
-    "GPTConfig",
-    "KVCache",
-    "SlidingWindowDataset",
-    "TokenShards",
-    "TrainConfig",
-    "TrainResult",
-    "download",
-    "get_batch",
-    "load",
-    "load_model",
-    "load_tokenizer",
-    "make_dataloader",
-    "make_optimizer",
-    "prepare_corpus",
-    "preset_config",
-    "pretrained_tiny",
-    "read_shards",
-    "read_text",
-    "scaling",
-    "split_tokens",
-    "write_shards",
-]
+#: Each public name and the module that defines it ("" for a module re-exported as itself).
+_EXPORTS: dict[str, str] = {
+    # model (chapter 04)
+    "GPT": "model",
+    "GPTConfig": "model",
+    # attention (chapter 03)
+    "AttentionConfig": "attention",
+    "CausalSelfAttention": "attention",
+    "KVCache": "attention",
+    # optimizer (chapter 05)
+    "AdamW": "optim",
+    "make_optimizer": "optim",
+    # tokenizers (chapter 02)
+    "BPETokenizer": "tokenizer",
+    "CharTokenizer": "tokenizer",
+    "Tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    # data sets (chapter 01)
+    "download": "data",
+    "load": "data",
+    "read_text": "data",
+    # token shards and batches (chapter 02)
+    "SlidingWindowDataset": "tokens",
+    "TokenShards": "tokens",
+    "get_batch": "tokens",
+    "make_dataloader": "tokens",
+    "read_shards": "tokens",
+    "split_tokens": "tokens",
+    "write_shards": "tokens",
+    # run configuration and corpus (chapter 05)
+    "TrainConfig": "config",
+    "preset_config": "config",
+    "prepare_corpus": "corpus",
+    "open_corpus": "corpus",
+    # training, checkpoints, pretrained models (chapter 05)
+    "TrainResult": "train",
+    "load_model": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "pretrained_tiny": "pretrained",
+    # text generation and export (chapter 04)
+    "complete": "generate",
+    "stream_text": "generate",
+    "export_hf": "hf",
+    # what training costs (chapter 00)
+    "scaling": "",
+    # errors (all chapters)
+    "MinillmError": "errors",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "CheckpointError": "errors",
+    "CheckpointNotFoundError": "errors",
+    "RunFolderError": "errors",
+    "LaunchError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module of public `name` on first use and return the name (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name = _EXPORTS[name]
+    if module_name:
+        value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    else:
+        value = importlib.import_module(f"{__name__}.{name}")
+    globals()[name] = value  # later uses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes plus every public name, imported or not (for completion)."""
+    return sorted(set(globals()) | set(__all__))

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillm.errors import ConfigError
+
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ATTN_IMPLS = ("sdpa", "manual")
 
@@ -61,7 +63,7 @@ def causal_mask(
     """
     t_key = t_query if t_key is None else t_key
     if t_key < t_query:
-        raise ValueError(f"causal_mask needs at least as many keys as queries, got T={t_query}, S={t_key}")
+        raise ConfigError(f"causal_mask needs at least as many keys as queries, got T={t_query}, S={t_key}")
     q_pos = torch.arange(t_key - t_query, t_key, device=device)[:, None]  # (T, 1)
     k_pos = torch.arange(t_key, device=device)[None, :]  # (1, S)
     return k_pos <= q_pos
@@ -103,7 +105,7 @@ def scaled_dot_product_attention(
     rescales the rest by 1 / (1 - dropout_p).
     """
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+        raise ConfigError(f"dropout_p must be in [0, 1), got {dropout_p}")
     weights = attention_weights(q, k, mask, scale)  # (..., T, S)
     if dropout_p > 0.0:
         keep = torch.rand(weights.shape, device=weights.device, generator=generator) >= dropout_p
@@ -133,7 +135,7 @@ def sinusoidal_positions(n_positions: int, d_model: int, base: float = 10000.0) 
     PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d)).
     """
     if d_model % 2:
-        raise ValueError(f"sinusoidal positions need an even d_model, got {d_model}")
+        raise ConfigError(f"sinusoidal positions need an even d_model, got {d_model}")
     pos = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (P, 1)
     inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)  # (d/2,)
     angles = pos * inv_freq  # (P, d/2)
@@ -164,7 +166,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"RoPE needs an even head size, got {head_dim}")
+            raise ConfigError(f"RoPE needs an even head size, got {head_dim}")
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         angles = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq  # (P, D/2)
         angles = torch.cat((angles, angles), dim=-1)  # (P, D)
@@ -214,7 +216,7 @@ class KVCache:
         """Store k, v: (B, Hkv, T, D) of `layer`; return all keys, values (B, Hkv, length + T, D)."""
         end = self.length + k.size(-2)
         if end > self.max_len:
-            raise ValueError(
+            raise ConfigError(
                 f"KV cache is full: it holds {self.max_len} positions, {self.length} are used and "
                 f"{k.size(-2)} more were given; make a larger cache or reset()/rewind() it"
             )
@@ -229,7 +231,7 @@ class KVCache:
     def rewind(self, n: int) -> None:
         """Forget the last n positions (e.g. rejected draft tokens); the next write goes there."""
         if not 0 <= n <= self.length:
-            raise ValueError(f"can rewind between 0 and {self.length} positions, got {n}")
+            raise ConfigError(f"can rewind between 0 and {self.length} positions, got {n}")
         self.length -= n
 
     def reset(self) -> None:
@@ -260,25 +262,25 @@ class AttentionConfig:
         for name in ("d_model", "n_head", "kv_heads", "context_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_head:
-            raise ValueError(
+            raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
                 "pick a head count that divides the width"
             )
         if self.n_head % self.kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.kv_heads}): "
                 "each key/value head serves an equal group of query heads"
             )
         if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+            raise ConfigError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+            raise ConfigError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.positions == "rope" and (self.d_model // self.n_head) % 2:
-            raise ValueError(f"RoPE needs an even head size, got {self.d_model // self.n_head}")
+            raise ConfigError(f"RoPE needs an even head size, got {self.d_model // self.n_head}")
 
     @property
     def head_dim(self) -> int:

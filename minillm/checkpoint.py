@@ -79,7 +79,7 @@ RESUMABLE = frozenset({
 })  # fmt: skip
 RUN_FILES = ("train_config.json", TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, "metrics.jsonl", "samples.txt", "loss.png")
 _STEP = re.compile(r"step_(\d{7,})")  # the checkpoint folders minillm writes
-_DEBRIS = re.compile(r"\.step_\d{7,}\.(tmp|old)")  # what a killed save leaves behind
+_DEBRIS = re.compile(r"\.step_\d{7,}\.(tmp|old)|\.latest\..+\.part")  # what a killed save leaves behind
 
 
 def checkpoint_name(step: int) -> str:
@@ -101,11 +101,18 @@ def checkpoint_steps(root: Path) -> list[tuple[int, Path]]:
 
 
 def staging_folder(root: Path, name: str) -> Path:
-    """An empty `.NAME.tmp` folder in `root` to write a checkpoint into; a killed save's debris is removed first."""
+    """An empty `.NAME.tmp` folder in `root` to write a checkpoint into; a killed save's debris is removed first.
+
+    A save killed between moving the old `NAME` aside and renaming the new one
+    into place left the old one as `.NAME.old`: it is put back first.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    for path in root.iterdir():
-        if _DEBRIS.fullmatch(path.name):
-            shutil.rmtree(path, ignore_errors=True)
+    old = root / f".{name}.old"
+    if old.is_dir() and not (root / name).exists():
+        os.replace(old, root / name)
+    for path in [*root.iterdir(), old, root / f".{name}.tmp"]:
+        if path.exists() and (_DEBRIS.fullmatch(path.name) or path in (old, root / f".{name}.tmp")):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     tmp = root / f".{name}.tmp"
     tmp.mkdir()
     return tmp
@@ -157,8 +164,11 @@ class RunLock:
     """An exclusive lock on a run folder (`.minillm.lock`, `fcntl.flock`), held while a run writes there.
 
     The kernel releases it when the process dies, even by SIGKILL, so a lock
-    is never stale on one machine; on a network file system that does not
-    support locks, `break_lock()` removes the file.
+    is never stale on one machine; the file left behind is free to take. The
+    holder deletes the file while still holding the lock, and a new holder
+    checks that the file it locked is still the one at the path, so two
+    processes can never both hold it. On a network file system without locks,
+    `break_lock()` removes a leftover file.
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
@@ -167,17 +177,25 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunFolderError(
-                f"{self.path.parent} is in use by a live run ({holder}); wait for it, stop it, or choose another "
-                f"--out. If no run is alive (e.g. on a network file system), delete {self.path} "
-                "(python -m minillm train ... --break-lock)"
-            ) from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunFolderError(
+                    f"{self.path.parent} is in use by a live run ({holder}); wait for it, stop it, or choose "
+                    f"another --out. If no run is alive (e.g. on a network file system without locks), delete "
+                    f"{self.path} (python -m minillm train ... --break-lock)"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # locked a file its holder deleted on release: take the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self.fd = fd
@@ -185,13 +203,23 @@ class RunLock:
 
     def release(self) -> None:
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
+            self.path.unlink(missing_ok=True)  # while still holding it (see the class docstring)
+            os.close(self.fd)  # closing the last descriptor releases the lock
             self.fd = None
-            self.path.unlink(missing_ok=True)
 
     def break_lock(self) -> None:
-        """Remove a lock file left where locks do not work (the holder must be gone)."""
+        """Remove a leftover lock file; refused while a live process on this machine holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{self.path} is held by a live process; stop that run instead of breaking "
+                                 "its lock") from None  # fmt: skip
+        finally:
+            os.close(fd)
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> RunLock:
@@ -250,6 +278,8 @@ def remove_run_files(out: Path) -> None:
     """Delete what a run of minillm writes in `out` (run files, its checkpoint folders), nothing else."""
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
+        for part in out.glob(f".{name}.*.part"):  # an atomic write that was killed
+            part.unlink(missing_ok=True)
     root = out / CHECKPOINTS
     if root.is_dir():
         for path in root.iterdir():
@@ -334,7 +364,14 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 
 def _check_model(checkpoint: Path, config: GPTConfig) -> None:
-    saved = GPTConfig(**json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+    path = checkpoint / "config.json"
+    try:
+        saved = GPTConfig(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path} not found; the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable model config ({err}); resume from another "
+                              "checkpoint") from err  # fmt: skip
     diff = saved.differences(config)
     if diff:
         raise CheckpointError(f"checkpoint {checkpoint} holds a different model: (saved, requested) = {diff}")

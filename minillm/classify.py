@@ -22,15 +22,19 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from minillm.data import load
+from minillm.errors import DataError
 from minillm.fileio import atomic_path, atomic_write
+from minillm.lora import lora_layers
 from minillm.model import GPT, GPTConfig
+from minillm.tokenizer import Tokenizer
 
 SPAM_LABELS = ("ham", "spam")  # class 0, class 1
 
@@ -57,9 +61,9 @@ class GPTClassifier(nn.Module):
         if not isinstance(gpt, GPT):
             raise TypeError(f"GPTClassifier wraps a minillm GPT, got {type(gpt).__name__}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+            raise DataError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if labels is not None and len(labels) != num_classes:
-            raise ValueError(f"got {len(labels)} labels for {num_classes} classes")
+            raise DataError(f"got {len(labels)} labels for {num_classes} classes")
         self.gpt = gpt
         self.num_classes = num_classes
         self.labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(num_classes))
@@ -88,19 +92,15 @@ class GPTClassifier(nn.Module):
         else:
             lengths = lengths.to(idx.device)
             if lengths.shape != (b,) or int(lengths.min()) < 1 or int(lengths.max()) > t:
-                raise ValueError(f"lengths must be (B,) = ({b},) values in [1, {t}], got {lengths.tolist()}")
+                raise DataError(f"lengths must be (B,) = ({b},) values in [1, {t}], got {lengths.tolist()}")
             pooled = scores[torch.arange(b, device=idx.device), lengths - 1]  # (B, K)
         loss = None if targets is None else F.cross_entropy(pooled.float(), targets.to(idx.device))
         return pooled, loss
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `classifier.json` (GPT config, classes) and `model.safetensors` to `directory`, atomically."""
-        from safetensors.torch import save_file
-
-        from minillm.lora import lora_layers
-
         if lora_layers(self):
-            raise ValueError("the classifier has LoRA adapters: save them with minillm.lora.save_adapter, or "
+            raise DataError("the classifier has LoRA adapters: save them with minillm.lora.save_adapter, or "
                              "fold them in with minillm.lora.remove_lora(model) before saving")  # fmt: skip
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -115,8 +115,6 @@ class GPTClassifier(nn.Module):
     @classmethod
     def load(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> GPTClassifier:
         """Read a classifier written by `save`."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         meta_path = directory / "classifier.json"
         if not meta_path.is_file() or not (directory / "model.safetensors").is_file():
@@ -124,7 +122,7 @@ class GPTClassifier(nn.Module):
                                     "(written by GPTClassifier.save)")  # fmt: skip
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != "minillm-classifier":
-            raise ValueError(f"{meta_path} is not a minillm classifier description")
+            raise DataError(f"{meta_path} is not a minillm classifier description")
         model = cls(GPT(GPTConfig(**meta["gpt_config"])), len(meta["labels"]), tuple(meta["labels"]))
         model.load_state_dict(load_file(directory / "model.safetensors"))
         return model.to(device) if device is not None else model
@@ -147,14 +145,12 @@ def spam_splits(
     Each class is split by `fractions` on its own (stratified), so every split has
     the same class proportions; each split is then shuffled. Same seed, same splits.
     """
-    from minillm.data import load
-
     rows = load("sms_spam_collection", split="train")
     by_class: dict[int, list[str]] = {0: [], 1: []}
     seen: set[str] = set()
     for label, text in zip(rows["label"], rows["text"]):
         if label not in SPAM_LABELS:
-            raise ValueError(f"unexpected SMS label {label!r}; expected one of {SPAM_LABELS}")
+            raise DataError(f"unexpected SMS label {label!r}; expected one of {SPAM_LABELS}")
         if text not in seen:
             seen.add(text)
             by_class[SPAM_LABELS.index(label)].append(text)
@@ -167,7 +163,7 @@ def stratified_splits(
     """Split each class's texts by `fractions` (train, val, test), optionally after undersampling to the
     smallest class; shuffles with `seed`. Returns {"train", "val", "test"} lists of (text, label)."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers adding up to 1, got {fractions}")
+        raise DataError(f"fractions must be three non-negative numbers adding up to 1, got {fractions}")
     gen = torch.Generator().manual_seed(seed)
     smallest = min(len(texts) for texts in by_class.values())
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
@@ -189,18 +185,19 @@ def stratified_splits(
 class ClassificationDataset(Dataset):
     """(text, label) pairs, tokenized once; item i is (token ids, label).
 
-    Texts longer than `max_length` tokens keep their first `max_length` tokens
-    (pass the model's context length). Empty texts are an error.
+    Texts are plain text (`tokenizer.encode_ordinary`: "<|endoftext|>" in an SMS
+    is just characters). Texts longer than `max_length` tokens keep their first
+    `max_length` tokens (pass the model's context length). Empty texts are an error.
     """
 
-    def __init__(self, examples: list[tuple[str, int]], tokenizer: Any, max_length: int) -> None:
+    def __init__(self, examples: list[tuple[str, int]], tokenizer: Tokenizer, max_length: int) -> None:
         if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+            raise DataError(f"max_length must be >= 1, got {max_length}")
         self.examples = examples
-        self.ids = [encode_plain(tokenizer, text)[:max_length] for text, _ in examples]
+        self.ids = [tokenizer.encode_ordinary(text)[:max_length] for text, _ in examples]
         empty = [i for i, ids in enumerate(self.ids) if not ids]
         if empty:
-            raise ValueError(f"example {empty[0]} encodes to no tokens; drop empty texts first")
+            raise DataError(f"example {empty[0]} encodes to no tokens; drop empty texts first")
         self.labels = [int(label) for _, label in examples]
 
     def __len__(self) -> int:
@@ -208,13 +205,6 @@ class ClassificationDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[int], int]:
         return self.ids[i], self.labels[i]
-
-
-def encode_plain(tokenizer: Any, text: str) -> list[int]:
-    """Plain text to ids; special-token text (e.g. "<|endoftext|>") in the data is encoded as ordinary text."""
-    if hasattr(tokenizer, "encode_ordinary"):
-        return tokenizer.encode_ordinary(text)
-    return tokenizer.encode(text)
 
 
 def classification_collate(batch: list[tuple[list[int], int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -225,7 +215,7 @@ def classification_collate(batch: list[tuple[list[int], int]], pad_id: int = 0) 
     they come after the real tokens, so causal attention never lets them matter.
     """
     if not batch:
-        raise ValueError("cannot collate an empty batch")
+        raise DataError("cannot collate an empty batch")
     longest = max(len(ids) for ids, _ in batch)
     idx = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     for row, (ids, _) in enumerate(batch):
@@ -235,7 +225,7 @@ def classification_collate(batch: list[tuple[list[int], int]], pad_id: int = 0) 
     return {"idx": idx, "targets": targets, "lengths": lengths}
 
 
-def classification_loader(examples: list[tuple[str, int]], tokenizer: Any, max_length: int, batch_size: int = 16,
+def classification_loader(examples: list[tuple[str, int]], tokenizer: Tokenizer, max_length: int, batch_size: int = 16,
                           shuffle: bool = False, seed: int = 0, pad_id: int = 0) -> DataLoader:  # fmt: skip
     """A `DataLoader` of padded classification batches (seeded shuffling when `shuffle`)."""
     dataset = ClassificationDataset(examples, tokenizer, max_length)
@@ -262,6 +252,6 @@ def predict(model: GPTClassifier, loader: DataLoader) -> tuple[torch.Tensor, tor
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts: row = true class, column = predicted class."""
     if preds.shape != labels.shape:
-        raise ValueError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
+        raise DataError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
     flat = labels.long() * num_classes + preds.long()
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -31,6 +31,8 @@ import numpy as np
 import regex
 
 from minillm.dedup import Decontaminator, MinHasher, cluster_signatures, exact_key
+from minillm.errors import DataError
+from minillm.pii import redact_pii
 from minillm.quality import CharNGramLM, NormalizeConfig, QualityConfig, normalize, quality_failures
 
 # ---------------------------------------------------------------------------
@@ -145,14 +147,14 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
     cfg = config or CurationConfig()
     if isinstance(docs, datasets.Dataset):
         if "text" not in docs.column_names:
-            raise KeyError(f"the dataset needs a 'text' column; its columns are {docs.column_names}")
+            raise DataError(f"the dataset needs a 'text' column; its columns are {docs.column_names}")
         texts = list(docs["text"])
     elif isinstance(docs, (list, tuple)) and all(isinstance(d, str) for d in docs):
         texts = list(docs)
     else:
         raise TypeError("curate expects a list of str or a datasets.Dataset with a 'text' column")
     if not texts:
-        raise ValueError("curate needs at least one document")
+        raise DataError("curate needs at least one document")
     bars = datasets.is_progress_bar_enabled()
     (datasets.enable_progress_bars if progress else datasets.disable_progress_bars)()
     try:
@@ -185,8 +187,6 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
             dec = cfg.decontaminate
             ds = _drop(ds, "decontaminate", n, lambda t: "+".join(sorted(dec.matches(t))), steps)
         if cfg.redact_pii:
-            from minillm.pii import redact_pii
-
             ds = _transform(ds, "redact_pii", n, redact_pii, steps)
     finally:
         (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
@@ -196,7 +196,7 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
 
 
 # ---------------------------------------------------------------------------
-# Reading inputs and the `curate` command
+# Reading inputs (the `curate` command, minillm.cli.data, reads its INPUTs with this)
 # ---------------------------------------------------------------------------
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".html", ".htm", ".rst")
@@ -211,7 +211,7 @@ def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str 
     from pathlib import Path
 
     if doc_per not in ("file", "paragraph", "line"):
-        raise ValueError(f"doc_per must be 'file', 'paragraph' or 'line', got {doc_per!r}")
+        raise DataError(f"doc_per must be 'file', 'paragraph' or 'line', got {doc_per!r}")
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -225,12 +225,12 @@ def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str 
         try:
             raw = f.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            raise ValueError(f"{f} is not valid UTF-8 ({err}); convert it or leave it out") from err
+            raise DataError(f"{f} is not valid UTF-8 ({err}); convert it or leave it out") from err
         if f.suffix in (".jsonl", ".json"):
             rows = json.loads(raw) if f.suffix == ".json" else [json.loads(x) for x in raw.splitlines() if x.strip()]
             for k, row in enumerate(rows if isinstance(rows, list) else [rows]):
                 if not isinstance(row, dict) or text_field not in row:
-                    raise KeyError(f"{f} row {k} has no {text_field!r} field; choose one with --text-field")
+                    raise DataError(f"{f} row {k} has no {text_field!r} field; choose one with --text-field")
                 docs.append(str(row[text_field]))
         elif doc_per == "file":
             docs.append(raw)
@@ -238,52 +238,3 @@ def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str 
             parts = raw.split("\n") if doc_per == "line" else regex.split(r"\n\s*\n", raw)
             docs += [p for p in parts if p.strip()]
     return docs
-
-
-def _curate_command(args: Any) -> int:
-    from pathlib import Path
-
-    from minillm.fileio import atomic_write
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite")
-    docs = read_documents(args.inputs, args.doc_per, args.text_field)
-    if not docs:
-        raise ValueError(f"no documents found in {args.inputs}")
-    quality = None if args.no_quality else QualityConfig(min_words=args.min_words)
-    decon = None if not args.decontaminate else Decontaminator.from_benchmarks(args.decontaminate, args.ngram)
-    cfg = CurationConfig(quality=quality, near_dedup_threshold=args.near_threshold or None, decontaminate=decon,
-                         redact_pii=not args.no_pii, num_proc=args.num_proc)
-    ds, report = curate(docs, cfg, progress=True)
-    lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ds["text"])
-    atomic_write(out / "curated.jsonl", lines)
-    atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=1))
-    print(report.table())
-    print(f"wrote {len(ds)} documents to {out / 'curated.jsonl'} and the report to {out / 'report.json'}")
-    return 0
-
-
-def add_curate_command(commands: Any) -> None:
-    """Add ``curate`` to an argparse subparsers object (``python -m minillm curate INPUT... --out DIR``)."""
-    p = commands.add_parser(
-        "curate", help="clean a text corpus: normalize, filter, deduplicate, decontaminate, redact PII",
-        description="Read documents from files/folders (.txt, .md, .py, ... one document per file, paragraph "
-        "or line; .jsonl rows with a text field), run the curation pipeline and write DIR/curated.jsonl "
-        "plus DIR/report.json (documents and bytes in/out per step, reasons for removal).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders to read")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--doc-per", default="file", choices=["file", "paragraph", "line"],
-                   help="how text files split into documents (default: file)")
-    p.add_argument("--text-field", default="text", help="field of JSON rows holding the text (default: text)")
-    p.add_argument("--min-words", type=int, default=50, help="quality rule: fewest words (default 50)")
-    p.add_argument("--no-quality", action="store_true", help="skip the heuristic quality rules")
-    p.add_argument("--near-threshold", type=float, default=0.8,
-                   help="Jaccard threshold of near-duplicate removal; 0 skips it (default 0.8)")
-    p.add_argument("--decontaminate", nargs="*", default=["hellaswag", "arc", "mmlu"], metavar="SET",
-                   help="evaluation sets to decontaminate against (default: hellaswag arc mmlu; none: skip)")
-    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram size in words (default 13)")
-    p.add_argument("--no-pii", action="store_true", help="skip privacy redaction")
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map")
-    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    p.set_defaults(func=_curate_command)

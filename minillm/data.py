@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from minillm.errors import DataError
 from minillm.fileio import atomic_write, file_mode
 
 MIRROR_ENV = "MINILLM_DATA_DIR"
@@ -127,7 +128,7 @@ def get_spec(name: str) -> DatasetSpec:
         return REGISTRY[name]
     close = difflib.get_close_matches(str(name), names(), n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown data set {name!r}.{hint} Known data sets: {', '.join(names())}.")
+    raise DataError(f"unknown data set {name!r}.{hint} Known data sets: {', '.join(names())}.")
 
 
 def mirror_dir() -> Path | None:
@@ -358,7 +359,7 @@ def _read_utf8(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not valid UTF-8 ({err}); re-download or fix the file") from err
+        raise DataError(f"{path} is not valid UTF-8 ({err}); re-download or fix the file") from err
 
 
 # ---------------------------------------------------------------------------
@@ -385,16 +386,16 @@ def read_text(name: str, split: str | None = None) -> str:
         )
     if name == "wikitext-2":
         if split not in _WIKITEXT_SPLITS:
-            raise ValueError(f"read_text('wikitext-2') needs split= one of {sorted(_WIKITEXT_SPLITS)}")
+            raise DataError(f"read_text('wikitext-2') needs split= one of {sorted(_WIKITEXT_SPLITS)}")
         return _read_utf8(download(name) / _WIKITEXT_SPLITS[split])
     if name not in _TEXT_FILES:
         get_spec(name)  # unknown names get the helpful error
-        raise ValueError(
+        raise DataError(
             f"{name!r} is not a single-text corpus; use load({name!r}) for its rows. "
             f"read_text knows {sorted([*_TEXT_FILES, 'wikitext-2', STDLIB])}."
         )
     if split is not None:
-        raise ValueError(f"{name!r} has a single text; drop split={split!r}")
+        raise DataError(f"{name!r} has a single text; drop split={split!r}")
     return _read_utf8(download(name) / _TEXT_FILES[name])
 
 
@@ -409,7 +410,7 @@ def _one(split: str, *files: str) -> Callable[[Path, str | None], dict[str, list
 def _choose(subset: str | None, choices: list[str], name: str, default: str | None = None) -> str:
     subset = subset if subset is not None else default
     if subset not in choices:
-        raise ValueError(f"load({name!r}) needs subset= one of {choices}, got {subset!r}")
+        raise DataError(f"load({name!r}) needs subset= one of {choices}, got {subset!r}")
     return subset
 
 
@@ -425,7 +426,7 @@ def _mmlu(root: Path, subset: str | None) -> dict[str, list[str]]:
              for sp, d in {"dev": "dev", "validation": "val", "test": "test"}.items()}
     if not files["test"]:
         subjects = sorted(p.name[: -len("_test.csv")] for p in (root / "test").glob("*_test.csv"))
-        raise ValueError(f"unknown MMLU subject {subset!r}; choose one of {subjects} or None for all")
+        raise DataError(f"unknown MMLU subject {subset!r}; choose one of {subjects} or None for all")
     return files
 
 
@@ -481,11 +482,11 @@ def load(name: str, split: str | None = None, subset: str | None = None, **kwarg
     elif name in _RECIPES:
         builder, files_fn, options = _RECIPES[name]
         if subset is not None and name not in ("arc", "mmlu", "truthfulqa"):
-            raise ValueError(f"{name!r} has no subsets; drop subset={subset!r}")
+            raise DataError(f"{name!r} has no subsets; drop subset={subset!r}")
         files = files_fn(download(name), subset)
     else:
         get_spec(name)
-        raise ValueError(f"{name!r} is not a table of examples; use download({name!r}) for its files")
+        raise DataError(f"{name!r} is not a table of examples; use download({name!r}) for its files")
     if builder == "csv":  # text stays text: no "None"/"NA" turned into missing values
         options = {**options, "keep_default_na": False}
         if "column_names" in options:  # keep answers like "1" as strings
@@ -500,7 +501,7 @@ def load(name: str, split: str | None = None, subset: str | None = None, **kwarg
     if split is None:
         return ds
     if split not in ds:
-        raise ValueError(f"{name!r} has splits {list(ds)}, not {split!r}")
+        raise DataError(f"{name!r} has splits {list(ds)}, not {split!r}")
     return ds[split]
 
 
@@ -534,7 +535,7 @@ def tokenize_dataset(ds, tokenizer: Any, column: str = "text", *, num_proc: int 
         return datasets.DatasetDict({k: tokenize_dataset(v, tokenizer, column, num_proc=num_proc,
                                                          eot_token=eot_token) for k, v in ds.items()})
     if column not in ds.column_names:
-        raise KeyError(f"column {column!r} not in the dataset; its columns are {ds.column_names}")
+        raise DataError(f"column {column!r} not in the dataset; its columns are {ds.column_names}")
     tail = [] if eot_token is None else [int(eot_token)]
 
     def encode(row: dict) -> dict:

@@ -43,6 +43,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import regex
 
+from minillm import data
+from minillm.errors import DataError
+
 WORD_RE = regex.compile(r"\w+")
 _POLY = np.uint64(0x100000001B3)  # odd multiplier for combining word hashes into n-gram hashes
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -73,7 +76,7 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     computed with ``n`` vectorized multiply-adds.
     """
     if n < 1:
-        raise ValueError(f"n-gram size must be >= 1, got {n}")
+        raise DataError(f"n-gram size must be >= 1, got {n}")
     m = len(hashes) - n + 1
     if m <= 0:
         return np.empty(0, dtype=np.uint64)
@@ -144,9 +147,9 @@ class MinHasher:
 
     def __init__(self, num_perm: int = 128, shingle_size: int = 5, seed: int = 0):
         if not isinstance(num_perm, int) or num_perm < 1:
-            raise ValueError(f"num_perm must be a positive int, got {num_perm!r}")
+            raise DataError(f"num_perm must be a positive int, got {num_perm!r}")
         if not isinstance(shingle_size, int) or shingle_size < 1:
-            raise ValueError(f"shingle_size must be a positive int, got {shingle_size!r}")
+            raise DataError(f"shingle_size must be a positive int, got {shingle_size!r}")
         self.num_perm, self.shingle_size, self.seed = num_perm, shingle_size, seed
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)  # odd
@@ -163,7 +166,7 @@ class MinHasher:
     def signature_of_hashes(self, shingles: np.ndarray) -> np.ndarray:
         """The signature ``(num_perm,)`` uint32 of one non-empty set of shingle hashes."""
         if len(shingles) == 0:
-            raise ValueError("a MinHash signature needs at least one shingle")
+            raise DataError("a MinHash signature needs at least one shingle")
         return self._permute(np.asarray(shingles, dtype=np.uint64)).min(axis=0).astype(np.uint32)
 
     def signature(self, text: str) -> np.ndarray:
@@ -196,7 +199,7 @@ class MinHasher:
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     """MinHash estimate of Jaccard similarity: the fraction of equal signature positions."""
     if sig_a.shape != sig_b.shape:
-        raise ValueError(f"signatures differ in shape: {sig_a.shape} vs {sig_b.shape}")
+        raise DataError(f"signatures differ in shape: {sig_a.shape} vs {sig_b.shape}")
     return float(np.mean(sig_a == sig_b))
 
 
@@ -222,9 +225,9 @@ def lsh_params(threshold: float, num_perm: int = 128, fp_weight: float = 0.05) -
     times more (``threshold=0.8, num_perm=128`` gives 16 bands of 8 rows).
     """
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        raise DataError(f"threshold must be in (0, 1), got {threshold}")
     if not 0.0 <= fp_weight <= 1.0:
-        raise ValueError(f"fp_weight must be in [0, 1], got {fp_weight}")
+        raise DataError(f"fp_weight must be in [0, 1], got {fp_weight}")
     lo, hi = np.linspace(0, threshold, 201), np.linspace(threshold, 1, 201)
     best, best_cost = (1, num_perm), float("inf")
     for rows in range(1, num_perm + 1):
@@ -246,9 +249,9 @@ def lsh_candidates(signatures: np.ndarray, bands: int, rows: int) -> set[tuple[i
     """
     sig = np.asarray(signatures)
     if sig.ndim != 2:
-        raise ValueError(f"signatures must have shape (N, num_perm), got {sig.shape}")
+        raise DataError(f"signatures must have shape (N, num_perm), got {sig.shape}")
     if bands * rows > sig.shape[1]:
-        raise ValueError(f"bands * rows = {bands * rows} exceeds the signature length {sig.shape[1]}")
+        raise DataError(f"bands * rows = {bands * rows} exceeds the signature length {sig.shape[1]}")
     pairs: set[tuple[int, int]] = set()
     for band in range(bands):
         block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
@@ -292,9 +295,9 @@ def cluster_signatures(signatures: np.ndarray, threshold: float = 0.8, bands: in
     """
     sig = np.asarray(signatures)
     if sig.ndim != 2:
-        raise ValueError(f"signatures must have shape (N, num_perm), got {sig.shape}")
+        raise DataError(f"signatures must have shape (N, num_perm), got {sig.shape}")
     if (bands is None) != (rows is None):
-        raise ValueError("give both bands and rows, or neither (then they follow from the threshold)")
+        raise DataError("give both bands and rows, or neither (then they follow from the threshold)")
     if bands is None:
         bands, rows = lsh_params(threshold, sig.shape[1])
     parent = list(range(len(sig)))
@@ -332,7 +335,7 @@ def dedup_near(docs: list[str], threshold: float = 0.8, *, num_perm: int = 128, 
     if isinstance(docs, str):
         raise TypeError("dedup_near expects a list of documents, not a single string")
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        raise DataError(f"threshold must be in (0, 1), got {threshold}")
     if not docs:
         return []
     sig = MinHasher(num_perm, shingle_size, seed).signatures(docs)
@@ -351,8 +354,6 @@ def benchmark_texts(name: str) -> list[str]:
     correct answer (Easy and Challenge, validation and test); ``mmlu``:
     question + correct answer (dev, validation, test).
     """
-    from minillm import data
-
     if name == "hellaswag":
         return [f"{r['ctx']} {r['endings'][int(r['label'])]}" for r in data.load("hellaswag", split="validation")]
     if name == "arc":
@@ -367,7 +368,7 @@ def benchmark_texts(name: str) -> list[str]:
     if name == "mmlu":
         ds = data.load("mmlu")
         return [f"{r['question']} {r[r['answer']]}" for split in ds for r in ds[split]]
-    raise ValueError(f"no evaluation texts for {name!r}; choose 'hellaswag', 'arc' or 'mmlu'")
+    raise DataError(f"no evaluation texts for {name!r}; choose 'hellaswag', 'arc' or 'mmlu'")
 
 
 class Decontaminator:
@@ -381,7 +382,7 @@ class Decontaminator:
 
     def __init__(self, eval_texts: dict[str, Sequence[str]], n: int = 13):
         if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+            raise DataError(f"n must be >= 1, got {n}")
         self.n = n
         memo: dict[str, int] = {}
         self.ngrams = {name: np.unique(np.concatenate(

@@ -28,6 +28,8 @@ import contextlib
 
 import torch
 
+from minillm.errors import ConfigError
+
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 #: The autocast dtype of each mixed precision; the others run in fp32.
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,11 +46,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r} ({err}); use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        raise ConfigError(f"unknown device {device!r} ({err}); use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'")
+        raise ConfigError(f"device {device!r} requested but MPS is not available; use device='auto' or 'cpu'")
     return dev
 
 
@@ -58,7 +60,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     "tf32" is fp32 with TF32 matrix multiplies on CUDA, plain "fp32" on other devices.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "tf32" and device.type != "cuda":

@@ -20,6 +20,10 @@ Chapter 08 (`08_evaluation`) teaches each function of this module:
   A/B/C/D and the next-token logits over " A", " B", ... decide.
 * `binomial_stderr` puts an error bar on every accuracy.
 
+Benchmark text is plain text: it is encoded with `tokenizer.encode_ordinary`
+(any `minillm.tokenizer.Tokenizer`, or a tiktoken encoding), so a
+"<|endoftext|>" inside a question is just characters.
+
 The benchmark data comes from `minillm.tasks`; `minillm.harness` runs whole
 tasks, prints tables and is the command line (`python -m minillm evaluate`).
 Text metrics (BLEU, ROUGE) and LLM-as-judge live in `minillm.metrics`.
@@ -31,19 +35,14 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minillm.errors import DataError
 from minillm.tasks import LETTERS, MCExample, chance, letter_prompt
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of `text`, special-token text treated as ordinary text (minillm or tiktoken tokenizers)."""
-    fn = getattr(tokenizer, "encode_ordinary", None) or tokenizer.encode
-    return list(fn(text))
+from minillm.tokenizer import Tokenizer
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -84,7 +83,7 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
     scored by an earlier window). Every token but the first is scored once.
     """
     if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"need window >= 1 and 1 <= stride <= window, got window={window}, stride={stride}")
+        raise DataError(f"need window >= 1 and 1 <= stride <= window, got window={window}, stride={stride}")
     out, scored = [], 0  # predictions 0..scored-1 (targets 1..scored) are done
     begin = 0
     while scored < n_tokens - 1:
@@ -109,10 +108,10 @@ def perplexity(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor | np
     """
     ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long).flatten()
     if ids.numel() < 2:
-        raise ValueError(f"perplexity needs at least 2 tokens, got {ids.numel()}")
+        raise DataError(f"perplexity needs at least 2 tokens, got {ids.numel()}")
     window = window or model.config.context_length
     if window > model.config.context_length:
-        raise ValueError(f"window {window} is longer than the model's context length {model.config.context_length}")
+        raise DataError(f"window {window} is longer than the model's context length {model.config.context_length}")
     windows = sliding_windows(ids.numel(), window, stride or window)
     device, was_training = _device(model), model.training
     model.eval()
@@ -145,10 +144,10 @@ def unigram_perplexity(train_tokens: Sequence[int], eval_tokens: Sequence[int], 
     Scores eval_tokens[1:], the same tokens `perplexity` scores.
     """
     if smoothing <= 0:
-        raise ValueError(f"smoothing must be > 0 (else unseen tokens get probability 0), got {smoothing}")
+        raise DataError(f"smoothing must be > 0 (else unseen tokens get probability 0), got {smoothing}")
     counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
     if len(counts) > vocab_size:
-        raise ValueError(f"train_tokens has ids >= vocab_size {vocab_size}")
+        raise DataError(f"train_tokens has ids >= vocab_size {vocab_size}")
     logp = np.log(counts + smoothing) - np.log(counts.sum() + smoothing * vocab_size)
     targets = np.asarray(eval_tokens, dtype=np.int64)[1:]
     return Perplexity(float(-logp[targets].mean()), len(targets))
@@ -159,7 +158,7 @@ def unigram_perplexity(train_tokens: Sequence[int], eval_tokens: Sequence[int], 
 # ---------------------------------------------------------------------------
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), split where the context's tokens end.
 
     Trailing spaces of the context move to the continuation, and the pair is
@@ -169,8 +168,8 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = encode(tokenizer, context + continuation)
-    n_context = len(encode(tokenizer, context))
+    whole = tokenizer.encode_ordinary(context + continuation)
+    n_context = len(tokenizer.encode_ordinary(context))
     return whole[:n_context], whole[n_context:]
 
 
@@ -188,11 +187,11 @@ def loglikelihoods(model: torch.nn.Module, requests: Sequence[tuple[list[int], l
     t_max = model.config.context_length
     for ctx, cont in requests:
         if not cont:
-            raise ValueError("a continuation encodes to no tokens; every choice needs at least one token")
+            raise DataError("a continuation encodes to no tokens; every choice needs at least one token")
         if len(cont) > t_max:
-            raise ValueError(f"a continuation of {len(cont)} tokens does not fit the context length {t_max}")
+            raise DataError(f"a continuation of {len(cont)} tokens does not fit the context length {t_max}")
         if not ctx:
-            raise ValueError("a context encodes to no tokens; the first token needs something to be predicted from")
+            raise DataError("a context encodes to no tokens; the first token needs something to be predicted from")
     device, was_training = _device(model), model.training
     model.eval()
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
@@ -224,7 +223,7 @@ def loglikelihoods(model: torch.nn.Module, requests: Sequence[tuple[list[int], l
 def binomial_stderr(p: float, n: int) -> float:
     """Standard error of an accuracy p measured on n independent items: sqrt(p (1 - p) / n)."""
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+        raise DataError(f"n must be positive, got {n}")
     return math.sqrt(p * (1 - p) / n)
 
 
@@ -275,7 +274,7 @@ def _argmax(values: Sequence[float]) -> int:
     return int(np.argmax(np.asarray(values)))  # ties: the first
 
 
-def score_multiple_choice(model: torch.nn.Module, tokenizer: Any, examples: Sequence[MCExample],
+def score_multiple_choice(model: torch.nn.Module, tokenizer: Tokenizer, examples: Sequence[MCExample],
                           batch_size: int = 16, task: str = "", progress: bool = False) -> MCResult:  # fmt: skip
     """Score each choice by the log-likelihood of its continuation after the context.
 
@@ -284,7 +283,7 @@ def score_multiple_choice(model: torch.nn.Module, tokenizer: Any, examples: Sequ
     The choices of many examples share a forward pass (`batch_size` rows).
     """
     if not examples:
-        raise ValueError("no examples to score")
+        raise DataError("no examples to score")
     requests, spans = [], []
     for ex in examples:
         spans.append((len(requests), len(ex.continuations)))
@@ -302,20 +301,20 @@ def score_multiple_choice(model: torch.nn.Module, tokenizer: Any, examples: Sequ
     return MCResult(task, "loglik", list(examples), scores, preds)
 
 
-def letter_ids(tokenizer: Any, n: int) -> list[int]:
+def letter_ids(tokenizer: Tokenizer, n: int) -> list[int]:
     """Token ids of " A", " B", ... (n letters); each must be a single token."""
     ids = []
     for letter in LETTERS[:n]:
-        tok = encode(tokenizer, " " + letter)
+        tok = tokenizer.encode_ordinary(" " + letter)
         if len(tok) != 1:
-            raise ValueError(f"{' ' + letter!r} is {len(tok)} tokens for this tokenizer; answer-letter scoring "
+            raise DataError(f"{' ' + letter!r} is {len(tok)} tokens for this tokenizer; answer-letter scoring "
                              "needs one token per letter (use a BPE tokenizer, or score by log-likelihood)")  # fmt: skip
         ids.append(tok[0])
     return ids
 
 
 @torch.no_grad()
-def score_letters(model: torch.nn.Module, tokenizer: Any, examples: Sequence[MCExample],
+def score_letters(model: torch.nn.Module, tokenizer: Tokenizer, examples: Sequence[MCExample],
                   batch_size: int = 16, task: str = "", progress: bool = False) -> MCResult:  # fmt: skip
     """Answer-letter prompting: the largest next-token logit among " A", " B", ... after `letter_prompt`.
 
@@ -324,10 +323,10 @@ def score_letters(model: torch.nn.Module, tokenizer: Any, examples: Sequence[MCE
     its "choices" are noise.
     """
     if not examples:
-        raise ValueError("no examples to score")
+        raise DataError("no examples to score")
     t_max, device, was_training = model.config.context_length, _device(model), model.training
     model.eval()
-    prompts = [encode(tokenizer, letter_prompt(ex))[-t_max:] for ex in examples]
+    prompts = [tokenizer.encode_ordinary(letter_prompt(ex))[-t_max:] for ex in examples]
     scores, mass = [], []
     batches = range(0, len(examples), batch_size)
     for start in _progress(batches, len(batches), "letters", progress):

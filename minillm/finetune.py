@@ -1,4 +1,4 @@
-"""Fine-tuning a pretrained GPT: which weights train, the shared loop, the command (chapter 07).
+"""Fine-tuning a pretrained GPT: which weights train and the shared loop (chapter 07).
 
 Chapter 07 (`07_finetuning`) adapts a pretrained language model three ways,
 each in its own module: a classifier (`minillm.classify`), instruction following
@@ -12,8 +12,10 @@ lives here:
   `minillm.optim` (AdamW parameter groups, `lr_at` schedules, `clip_grad_norm`),
   `minillm.train` (devices, precision, `forward_backward`, `plot_metrics`) and
   the `metrics.jsonl` record format;
-* `evaluate_loader`: loss, and accuracy for classifiers, over a loader;
-* `add_finetune_command`: `python -m minillm finetune --task classify|instruct`.
+* `evaluate_loader`: loss, and accuracy for classifiers, over a loader.
+
+The command `python -m minillm finetune --task classify|instruct`
+(`minillm.cli.finetune`) puts them together.
 
 Batches are dicts of the model's keyword arguments, so one loop trains both a
 `GPTClassifier` (`idx`, `targets` (B,), `lengths` (B,)) and a plain `GPT` on
@@ -23,14 +25,12 @@ position).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -123,7 +123,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | Non
         batches += 1
     model.train(was_training)
     if batches == 0:
-        raise ValueError("the loader gave no batches to evaluate")
+        raise ConfigError("the loader gave no batches to evaluate")
     if classifier:
         return {"loss": total_loss / count, "accuracy": correct / count}
     return {"loss": total_loss / batches}
@@ -152,13 +152,13 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "eval_interval"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.max_steps < 0 or self.eval_batches < 0 or self.warmup_steps < 0:
-            raise ValueError("max_steps, eval_batches and warmup_steps must be >= 0")
+            raise ConfigError("max_steps, eval_batches and warmup_steps must be >= 0")
         if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 @dataclass
@@ -248,106 +248,3 @@ def finetune(
         atomic_write(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
         plot_metrics(result.history, out / "loss.png", title="fine-tuning loss")
     return result
-
-
-# ---------------------------------------------------------------------------
-# Command line: python -m minillm finetune
-# ---------------------------------------------------------------------------
-
-
-def load_base(checkpoint: str) -> tuple[GPT, Any]:
-    """(model, tokenizer) to fine-tune: a minillm run or checkpoint folder, else a Hugging Face GPT-2
-    directory or hub name (with GPT-2's tokenizer)."""
-    from minillm.checkpoint import load_model
-    from minillm.tokenizer import BPETokenizer
-
-    path = Path(checkpoint)
-    if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "checkpoints").is_dir()):
-        return load_model(path)
-    return GPT.from_pretrained(checkpoint), BPETokenizer.from_gpt2()
-
-
-def add_finetune_command(commands: argparse._SubParsersAction) -> None:
-    """Add `finetune` to the `python -m minillm` subcommands (`commands` from `add_subparsers`)."""
-    p = commands.add_parser(
-        "finetune",
-        help="fine-tune a base model: spam classification or instruction following (optionally LoRA)",
-        description="Fine-tune a minillm checkpoint (or a Hugging Face GPT-2 directory / hub name) on the SMS "
-        "spam classification task or on the instruction data set. Writes the fine-tuned model, metrics.jsonl, "
-        "loss.png and results.json into --out (with --lora-rank, also adapter.safetensors).",
-    )
-    p.add_argument("--task", required=True, choices=["classify", "instruct"])
-    p.add_argument("--checkpoint", required=True, help="minillm run or checkpoint folder, or a GPT-2 dir / name")
-    p.add_argument("--out", required=True, help="output directory (must be empty or missing)")
-    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: full fine-tuning)")
-    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: 2 * rank)")
-    p.add_argument("--train-blocks", default="all",
-                   help="without LoRA: 'all', 'head' or the number of last blocks to train")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4; 2e-3 with LoRA)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--template", default="alpaca", choices=["alpaca", "chat"], help="instruct: the prompt format")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=123)
-    p.set_defaults(func=_run_finetune)
-
-
-def _run_finetune(args: argparse.Namespace) -> int:
-    from minillm import classify
-    from minillm.instruct import (
-        add_special_tokens,
-        generate_response,
-        instruction_loader,
-        instruction_splits,
-        resize_vocab,  # fmt: skip
-    )
-    from minillm.lora import GPT2_TARGETS, LoRAConfig, inject_lora, remove_lora, save_adapter
-
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
-    if args.lora_rank < 0:
-        raise ValueError(f"--lora-rank must be >= 0, got {args.lora_rank}")
-    model, tokenizer = load_base(args.checkpoint)
-    ctx = model.config.context_length
-    if args.task == "classify":
-        splits = classify.spam_splits(seed=args.seed)
-        loaders = {name: classify.classification_loader(rows, tokenizer, ctx, args.batch_size, shuffle=name == "train",
-                                                  seed=args.seed) for name, rows in splits.items()}  # fmt: skip
-        model = classify.GPTClassifier(model, 2, classify.SPAM_LABELS)
-    else:
-        if args.template == "chat":
-            tokenizer = add_special_tokens(tokenizer)
-            model = resize_vocab(model, tokenizer.vocab_size)
-        splits = instruction_splits(seed=args.seed)
-        loaders = {name: instruction_loader(rows, tokenizer, ctx, args.batch_size, args.template,
-                                            shuffle=name == "train", seed=args.seed)
-                   for name, rows in splits.items()}  # fmt: skip
-    lora = None
-    if args.lora_rank:
-        lora = LoRAConfig(rank=args.lora_rank, alpha=args.lora_alpha or 2.0 * args.lora_rank, targets=GPT2_TARGETS)
-        inject_lora(model, lora)
-        if args.task == "classify":
-            model.head.requires_grad_(True)  # a new head has nothing to adapt: train it fully
-    else:
-        blocks = args.train_blocks
-        set_trainable(model, int(blocks) if blocks.isdigit() else blocks)
-    config = FinetuneConfig(epochs=args.epochs, max_steps=args.max_steps, device=args.device, seed=args.seed,
-                               lr=args.lr or (2e-3 if lora else 5e-4))  # fmt: skip
-    config.min_lr = config.lr / 10
-    result = finetune(model, loaders["train"], loaders["val"], config, out)
-    summary: dict[str, Any] = {"task": args.task, "steps": result.steps, "seconds": round(result.seconds, 1),
-                               "test": evaluate_loader(model, loaders["test"])}  # fmt: skip
-    if lora is not None:
-        save_adapter(model, out / "adapter.safetensors", lora)
-        remove_lora(model)  # merged: an ordinary model on disk
-    model.save(out / "model")  # classify: GPTClassifier.save; instruct: GPT.save (load with load_model)
-    tokenizer.save(out / "model" / "tokenizer.json")
-    if args.task == "instruct":
-        summary["samples"] = [{"instruction": ex["instruction"], "input": ex.get("input", ""),
-                               "response": generate_response(model, tokenizer, ex, args.template)}
-                              for ex in splits["test"][:3]]  # fmt: skip
-    atomic_write(out / "results.json", json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary["test"]), f"({result.steps} steps, {result.seconds:.0f}s); wrote {out}")
-    return 0

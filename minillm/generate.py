@@ -13,15 +13,44 @@ gives a distribution over the next token; a decoding rule turns it into one:
 new tokens one step at a time and `generate` collects them. Both reuse keys and
 values through a `KVCache` by default, so each step feeds the model one token
 instead of the whole sequence; the tokens are the same either way.
+
+`stream_text` and `complete` are the one home of "prompt -> text": they encode
+the prompt, sample with their own seeded generator, and give back the new text
+(in pieces as it is written, or whole), stopping at the end-of-text token or at
+a stop string. Training samples, the `generate` command, instruction responses,
+and the judge of chapter 08 all write text through them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+import numbers
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from minillm.errors import ConfigError, DataError
 from minillm.model import GPT
+from minillm.tokenizer import ENDOFTEXT, SpecialNames, Tokenizer
+
+
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise `ConfigError` unless the decoding settings can work: a finite temperature >= 0
+    (0 = greedy), top_k an integer >= 1 or None, top_p in (0, 1] or None."""
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy decoding), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ConfigError(f"top_k must be an integer >= 1 (or None to keep all tokens), got {top_k!r}")
+    if top_p is not None and (not _is_real(top_p) or not 0.0 < top_p <= 1.0):  # NaN fails the range test
+        raise ConfigError(f"top_p must be a number in (0, 1] (or None to keep all tokens), got {top_p!r}")
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def filter_logits(
@@ -34,12 +63,9 @@ def filter_logits(
     probability is >= `top_p` (the most likely token always stays). Removed
     tokens get probability 0; the rest are renormalized.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling (use greedy decoding for 0), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None to keep all tokens), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p}")
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        raise ConfigError("temperature must be > 0 for sampling (temperature 0 is greedy decoding: take the argmax)")
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1) k-th largest
@@ -55,14 +81,22 @@ def filter_logits(
     return probs
 
 
-def _check(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
+def _check_model(model: GPT) -> None:
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a minillm GPT, got {type(model).__name__}")
+
+
+def _check_budget(max_new_tokens: int) -> None:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
+def _check(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> None:
+    _check_model(model)
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) == 0:
         shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"prompt must be a (B, T) tensor of token ids with T >= 1, got {shape}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        raise ConfigError(f"prompt must be a (B, T) tensor of token ids with T >= 1, got {shape}")
+    _check_budget(max_new_tokens)
 
 
 @torch.no_grad()
@@ -89,8 +123,7 @@ def stream(
     The model runs in eval mode (its training flag is restored afterwards).
     """
     _check(model, idx, max_new_tokens)
-    if temperature > 0:
-        filter_logits(idx.new_zeros(1, dtype=torch.float), temperature, top_k, top_p)  # validate early
+    check_sampling(temperature, top_k, top_p)
     if generator is None and seed is not None:
         generator = torch.Generator(device=idx.device).manual_seed(seed)
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=idx.device)
@@ -146,3 +179,147 @@ def generate(
     """
     new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, seed, use_cache))
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
+
+
+# ---------------------------------------------------------------------------
+# Prompt -> text
+# ---------------------------------------------------------------------------
+
+
+def stream_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    seed: int | None = 0,
+    stop: Sequence[str] = (),
+    stop_ids: Sequence[int] | None = None,
+    allowed_special: SpecialNames = frozenset(),
+) -> Iterator[str]:
+    """Yield the text the model writes after `prompt`, in pieces, as the tokens are sampled.
+
+    The prompt is plain text (`tokenizer.encode_ordinary`: "<|endoftext|>" in it
+    is just characters), cut on the left to the model's context length; name
+    the special tokens it really contains in `allowed_special` (e.g. a chat
+    template's markers). Decoding: `temperature` (0 = greedy), `top_k`, `top_p`
+    as in `stream`, drawn from a generator of our own seeded with `seed` (None:
+    a fresh random seed), so the global RNG is never touched and one seed gives
+    one text.
+
+    Generation ends after `max_new_tokens` tokens, at a token of `stop_ids`
+    (default: the tokenizer's <|endoftext|> if it has one; () never stops), or
+    as soon as one of the `stop` strings appears (a str alone is one stop
+    string); the stop token or string and anything after it are not yielded. A piece never ends inside a multi-byte
+    UTF-8 character (a token can be half an emoji): text is held back while it
+    decodes to a trailing U+FFFD, and while it could be the start of a stop
+    string. Settings are checked at the call, before the first piece.
+    """
+    _check_model(model)
+    _check_budget(max_new_tokens)
+    check_sampling(temperature, top_k, top_p)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ConfigError(f"stop must be a sequence of non-empty strings, got {stop!r}")
+    if stop_ids is None:
+        end = tokenizer.special_tokens.get(ENDOFTEXT)
+        stop_ids = () if end is None else (end,)
+    if isinstance(stop_ids, (int, str)) or any(not _is_int(i) for i in stop_ids):
+        raise ConfigError(f"stop_ids must be a sequence of token ids (integers), got {stop_ids!r}")
+    if allowed_special:
+        ids = tokenizer.encode(prompt, allowed_special=allowed_special, disallowed_special=())
+    else:
+        ids = tokenizer.encode_ordinary(prompt)
+    if not ids:
+        raise DataError(f"the prompt {prompt!r} encodes to no tokens; give at least one character to continue "
+                        "(e.g. a newline)")  # fmt: skip
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids[-model.config.context_length :]], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # a non-deterministic seed for this generator only
+    else:
+        generator.manual_seed(seed)
+    steps = stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens=stop_ids, generator=generator)
+    return _pieces(steps, tokenizer, frozenset(int(i) for i in stop_ids), stops)
+
+
+def _pieces(steps: Iterator[torch.Tensor], tokenizer: Tokenizer, stop_ids: frozenset[int],
+            stops: tuple[str, ...]) -> Iterator[str]:  # fmt: skip
+    """The text of the tokens of `steps` (each (1,)), in pieces; see `stream_text`."""
+    pending: list[int] = []  # new tokens whose text is not yet in `text` (maybe half a character)
+    text, sent = "", 0  # the new text decoded so far; how much of it was yielded
+    try:
+        for token in steps:
+            token_id = int(token[0])
+            if token_id in stop_ids:
+                break
+            pending.append(token_id)
+            piece = tokenizer.decode(pending)
+            if piece.endswith("\ufffd"):  # maybe an incomplete UTF-8 character: wait for its next bytes
+                continue
+            text += piece
+            pending.clear()
+            end, found = _stop_cut(text, sent, stops, final=False)
+            if end > sent:
+                yield text[sent:end]
+                sent = end
+            if found:
+                return
+        if pending:  # bytes that never became a character: their U+FFFD is the honest text
+            text += tokenizer.decode(pending)
+        end, _ = _stop_cut(text, sent, stops, final=True)
+        if end > sent:
+            yield text[sent:end]
+    finally:
+        steps.close()  # restores the model's training flag even when the caller stops early
+
+
+def _stop_cut(text: str, start: int, stops: tuple[str, ...], final: bool) -> tuple[int, bool]:
+    """(how far `text` may be yielded, whether a stop string was found).
+
+    Everything before `start` was yielded already; no stop string can begin
+    there, since a text that might grow into one is always held back.
+    """
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    if hits:
+        return min(hits), True
+    if final:
+        return len(text), False
+    hold = 0  # the longest end of the text that is the beginning of a stop string
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text) - start), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return len(text) - hold, False
+
+
+def complete(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = None,
+    seed: int | None = 0,
+    stop: Sequence[str] = (),
+    stop_ids: Sequence[int] | None = None,
+    allowed_special: SpecialNames = frozenset(),
+) -> str:
+    """The text the model writes after `prompt` (the new text only, not the prompt).
+
+    The joined pieces of `stream_text`, with the same arguments: e.g.
+    `complete(model, tok, "Once upon a time", 50, temperature=0)` is the greedy
+    continuation, ended early by <|endoftext|> when the tokenizer has it.
+    """
+    return "".join(stream_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, seed=seed, stop=stop, stop_ids=stop_ids,
+                               allowed_special=allowed_special))  # fmt: skip

@@ -12,7 +12,8 @@ by training it on (instruction, input, response) examples:
   padded per batch, truncated to the context; the targets are the inputs shifted
   by one, with -100 (ignored by the loss) on padding and, with `mask_prompt`, on
   the prompt, so the model learns to write responses, not to repeat prompts;
-* `generate_response`: greedy decoding up to the end-of-response token, and
+* `generate_response`: the template's prompt completed greedily by
+  `minillm.generate.complete` up to the end-of-response token, and
   `extract_response` for text produced some other way;
 * `instruction_splits`: the book's 1,100 instruction examples split with a seed.
 
@@ -22,12 +23,16 @@ The training loop is `minillm.finetune.finetune`, the same as for classification
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from minillm.data import load
+from minillm.errors import DataError
+from minillm.generate import complete
 from minillm.model import GPT
+from minillm.tokenizer import BPETokenizer, Tokenizer
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the cross-entropy
 TEMPLATES = ("alpaca", "chat")
@@ -41,9 +46,9 @@ _RESPONSE = "\n\n### Response:\n"
 def format_prompt(example: dict, template: str = "alpaca") -> str:
     """The prompt text of an example (its `instruction` and optional `input`), ending where the response starts."""
     if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        raise DataError(f"template must be one of {TEMPLATES}, got {template!r}")
     if not isinstance(example, dict) or not example.get("instruction"):
-        raise KeyError("an instruction example is a dict with a non-empty 'instruction' (and optional 'input')")
+        raise DataError("an instruction example is a dict with a non-empty 'instruction' (and optional 'input')")
     extra = example.get("input") or ""
     if template == "alpaca":
         text = f"{_PREAMBLE}\n\n### Instruction:\n{example['instruction']}"
@@ -72,13 +77,11 @@ def extract_response(text: str, template: str = "alpaca") -> str:
 # ---------------------------------------------------------------------------
 
 
-def add_special_tokens(tokenizer: Any, names: tuple[str, ...] = CHAT_TOKENS) -> Any:
+def add_special_tokens(tokenizer: BPETokenizer, names: tuple[str, ...] = CHAT_TOKENS) -> BPETokenizer:
     """A copy of a `BPETokenizer` with `names` appended as special tokens (ids vocab_size, +1, ...).
 
     Tokens it already has are kept as they are. The model must grow with it: `resize_vocab`.
     """
-    from minillm.tokenizer import BPETokenizer
-
     if not isinstance(tokenizer, BPETokenizer):
         raise TypeError(f"special tokens need a BPETokenizer (byte-level), got {type(tokenizer).__name__}")
     vocab = [tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)]
@@ -97,11 +100,9 @@ def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     Starting new tokens at the average embedding (rather than at random) keeps the
     model's predictions for ordinary text almost unchanged at first.
     """
-    import dataclasses
-
     old = model.config.vocab_size
     if vocab_size < old:
-        raise ValueError(f"resize_vocab only grows the vocabulary ({old} -> {vocab_size} would drop tokens)")
+        raise DataError(f"resize_vocab only grows the vocabulary ({old} -> {vocab_size} would drop tokens)")
     config = dataclasses.replace(model.config, vocab_size=vocab_size)
     w = model.tok_emb.weight
     bigger = GPT(config).to(device=w.device, dtype=w.dtype)
@@ -123,10 +124,8 @@ def resize_vocab(model: GPT, vocab_size: int) -> GPT:
 
 def instruction_splits(seed: int = 123, fractions: tuple[float, float, float] = (0.85, 0.05, 0.10)) -> dict:
     """The `instruction` data set (1,100 examples) shuffled with `seed` and cut into train/val/test lists."""
-    from minillm.data import load
-
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must be three non-negative numbers adding up to 1, got {fractions}")
+        raise DataError(f"fractions must be three non-negative numbers adding up to 1, got {fractions}")
     rows = load("instruction", split="train").to_list()
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
     n_train, n_val = round(fractions[0] * len(rows)), round(fractions[1] * len(rows))
@@ -134,31 +133,36 @@ def instruction_splits(seed: int = 123, fractions: tuple[float, float, float] = 
     return {name: [rows[i] for i in idx] for name, idx in cuts.items()}
 
 
-def encode_example(example: dict, tokenizer: Any, template: str = "alpaca") -> tuple[list[int], int]:
+def encode_example(example: dict, tokenizer: Tokenizer, template: str = "alpaca") -> tuple[list[int], int]:
     """(prompt + response + end token ids, number of prompt tokens).
 
     Prompt and response are encoded separately, so the prompt's ids are exactly
     those `generate_response` feeds the model. Special-token text inside the
     data is encoded as plain text; only the template's markers are special.
     """
-    from minillm.classify import encode_plain
-
     end = end_token(template)
-    specials = getattr(tokenizer, "special_tokens", {})
+    specials = tokenizer.special_tokens
     needed = [end] + (list(CHAT_TOKENS) if template == "chat" else [])
     missing = [t for t in needed if t not in specials]
     if missing:
-        raise ValueError(f"the tokenizer lacks the special tokens {missing}; add them with "
+        raise DataError(f"the tokenizer lacks the special tokens {missing}; add them with "
                          "add_special_tokens(tokenizer, ...) and grow the model with resize_vocab")  # fmt: skip
     prompt = _encode_template(format_prompt(example, template), tokenizer)
-    response = encode_plain(tokenizer, example.get("output", "")) + [specials[end]]
+    response = tokenizer.encode_ordinary(example.get("output", "")) + [specials[end]]
     return prompt + response, len(prompt)
 
 
-def _encode_template(text: str, tokenizer: Any) -> list[int]:
+def _template_specials(tokenizer: Tokenizer) -> frozenset[str]:
+    """The special tokens a formatted prompt may contain: the chat markers the tokenizer has."""
+    return frozenset(CHAT_TOKENS) & frozenset(tokenizer.special_tokens)
+
+
+def _encode_template(text: str, tokenizer: Tokenizer) -> list[int]:
     """Encode a prompt in which only the chat markers are special tokens."""
-    return tokenizer.encode(text, allowed_special=set(CHAT_TOKENS) & set(tokenizer.special_tokens),
-                            disallowed_special=())  # fmt: skip
+    allowed = _template_specials(tokenizer)
+    if not allowed:
+        return tokenizer.encode_ordinary(text)
+    return tokenizer.encode(text, allowed_special=allowed, disallowed_special=())
 
 
 class InstructionDataset(Dataset):
@@ -169,13 +173,13 @@ class InstructionDataset(Dataset):
     to learn from, and a batch of only those would have no loss at all.
     """
 
-    def __init__(self, examples: list[dict], tokenizer: Any, template: str = "alpaca",
+    def __init__(self, examples: list[dict], tokenizer: Tokenizer, template: str = "alpaca",
                  max_length: int | None = None) -> None:  # fmt: skip
         items = [encode_example(ex, tokenizer, template) for ex in examples]
         self.items = [it for it in items if max_length is None or it[1] < max_length]
         self.dropped = len(items) - len(self.items)
         if not self.items:
-            raise ValueError(f"all {len(items)} examples have prompts of max_length={max_length} tokens or "
+            raise DataError(f"all {len(items)} examples have prompts of max_length={max_length} tokens or "
                              "more; use a model with a longer context")  # fmt: skip
 
     def __len__(self) -> int:
@@ -197,13 +201,13 @@ def instruction_collate(batch: list[tuple[list[int], int]], pad_id: int, max_len
     the response and its end token. Returns {"idx": (B, T), "targets": (B, T)}.
     """
     if not batch:
-        raise ValueError("cannot collate an empty batch")
+        raise DataError("cannot collate an empty batch")
     if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise DataError(f"max_length must be >= 1, got {max_length}")
     rows = []
     for ids, prompt_len in batch:
         if len(ids) < 2:
-            raise ValueError("each example needs at least 2 tokens (an input and a target)")
+            raise DataError("each example needs at least 2 tokens (an input and a target)")
         x, y = list(ids[:-1]), list(ids[1:])
         if mask_prompt:
             y[: prompt_len - 1] = [IGNORE_INDEX] * min(prompt_len - 1, len(y))
@@ -219,7 +223,7 @@ def instruction_collate(batch: list[tuple[list[int], int]], pad_id: int, max_len
     return {"idx": idx, "targets": targets}
 
 
-def instruction_loader(examples: list[dict], tokenizer: Any, max_length: int, batch_size: int = 8,
+def instruction_loader(examples: list[dict], tokenizer: Tokenizer, max_length: int, batch_size: int = 8,
                        template: str = "alpaca", mask_prompt: bool = True, shuffle: bool = False,
                        seed: int = 0) -> DataLoader:  # fmt: skip
     """A `DataLoader` of `instruction_collate` batches; padding uses the response's end token id."""
@@ -230,20 +234,16 @@ def instruction_loader(examples: list[dict], tokenizer: Any, max_length: int, ba
                       collate_fn=lambda b: instruction_collate(b, pad_id, max_length, mask_prompt))  # fmt: skip
 
 
-def generate_response(model: GPT, tokenizer: Any, example: dict, template: str = "alpaca",
+def generate_response(model: GPT, tokenizer: Tokenizer, example: dict, template: str = "alpaca",
                       max_new_tokens: int = 64) -> str:  # fmt: skip
-    """The model's response to an example: greedy decoding until the end token, prompt and end token removed."""
-    from minillm.generate import generate
+    """The model's response to an example: its `template` prompt completed greedily until the end token.
 
-    ids = _encode_template(format_prompt(example, template), tokenizer)
-    ctx = model.config.context_length
-    if len(ids) >= ctx:
-        ids = ids[-(ctx - 1) :]  # keep the end of the prompt, where the response starts
-    device = next(model.parameters()).device
-    prompt = torch.tensor([ids], dtype=torch.long, device=device)
-    budget = min(max_new_tokens, ctx - len(ids))
+    What this adds to `minillm.generate.complete`: the prompt is the example
+    formatted by `format_prompt`, its chat markers are encoded as special tokens
+    (as in training), generation stops at the template's end token
+    (`end_token`), and the response is stripped of surrounding whitespace.
+    """
     end = tokenizer.special_tokens[end_token(template)]
-    out = generate(model, prompt, budget, temperature=0.0, stop_tokens=[end])[0, len(ids) :].tolist()
-    if end in out:
-        out = out[: out.index(end)]
-    return tokenizer.decode(out).strip()
+    text = complete(model, tokenizer, format_prompt(example, template), max_new_tokens, temperature=0.0,
+                    stop_ids=[end], allowed_special=_template_specials(tokenizer))  # fmt: skip
+    return text.strip()

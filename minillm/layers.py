@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillm.attention import AttentionConfig, CausalSelfAttention, KVCache
+from minillm.errors import ConfigError
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
@@ -47,7 +48,7 @@ def make_norm(kind: str, dim: int, eps: float = 1e-5, bias: bool = True) -> nn.M
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+    raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}")
 
 
 class GeluMLP(nn.Module):
@@ -85,7 +86,7 @@ def make_mlp(kind: str, d_model: int, d_ff: int, bias: bool = True, dropout: flo
         return GeluMLP(d_model, d_ff, bias, dropout)
     if kind == "swiglu":
         return SwiGLU(d_model, d_ff, bias, dropout)
-    raise ValueError(f"mlp must be one of {MLPS}, got {kind!r}")
+    raise ConfigError(f"mlp must be one of {MLPS}, got {kind!r}")
 
 
 class Block(nn.Module):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillm.errors import ConfigError
 from minillm.fileio import atomic_path
 
 #: Attention and MLP projections of a GPT-2-style `minillm.model.GPT`.
@@ -59,16 +60,16 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+            raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+            raise ConfigError(f"LoRA alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
         if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
-            raise ValueError(f"targets must be non-empty module-name patterns, got {self.targets!r}")
+            raise ConfigError(f"targets must be non-empty module-name patterns, got {self.targets!r}")
 
     @property
     def scaling(self) -> float:
@@ -148,12 +149,12 @@ def inject_lora(model: nn.Module, config: LoRAConfig, freeze: bool = True) -> li
     or when the model already has adapters.
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
-        raise ValueError("the model already has LoRA adapters; call remove_lora first or load into it")
+        raise ConfigError("the model already has LoRA adapters; call remove_lora first or load into it")
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     chosen = [name for name in linears if any(_matches(name, p) for p in config.targets)]
     if not chosen:
         examples = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in linears})
-        raise ValueError(f"no linear layer matches targets {config.targets}; linear layers are named like "
+        raise ConfigError(f"no linear layer matches targets {config.targets}; linear layers are named like "
                          f"{examples[:12]} (patterns match a full name, a '.'-suffix or a glob)")  # fmt: skip
     if freeze:
         for p in model.parameters():
@@ -172,7 +173,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 def _require_lora(model: nn.Module) -> dict[str, LoRALinear]:
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("the model has no LoRA adapters; add them with inject_lora(model, LoRAConfig(...))")
+        raise ConfigError("the model has no LoRA adapters; add them with inject_lora(model, LoRAConfig(...))")
     return layers
 
 
@@ -223,7 +224,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, config: LoRAConfig) 
 
     layers = _require_lora(model)
     if any(layer.merged for layer in layers.values()):
-        raise ValueError("unmerge_lora(model) before saving: merged adapters cannot be told apart from the base")
+        raise ConfigError("unmerge_lora(model) before saving: merged adapters cannot be told apart from the base")
     state = {k: v.contiguous().cpu() for k, v in lora_state_dict(model).items()}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -241,7 +242,7 @@ def read_adapter_config(path: str | os.PathLike) -> LoRAConfig:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata() or {}
     if meta.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{path} is not a minillm LoRA adapter (written by minillm.lora.save_adapter)")
+        raise ConfigError(f"{path} is not a minillm LoRA adapter (written by minillm.lora.save_adapter)")
     fields = json.loads(meta["config"])
     return LoRAConfig(**{**fields, "targets": tuple(fields["targets"])})
 
@@ -263,7 +264,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> LoRAConfig:
     wrong = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
     if missing or unexpected or wrong:
-        raise ValueError(f"adapter {path} does not fit this model: missing {missing[:6]}, unexpected "
+        raise ConfigError(f"adapter {path} does not fit this model: missing {missing[:6]}, unexpected "
                          f"{unexpected[:6]}, wrong shapes {wrong[:6]}; was it trained on another base model?")  # fmt: skip
     layers = lora_layers(model)
     with torch.no_grad():

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from minillm.errors import ConfigError
 from minillm.model import GPT, GPTConfig
 
 MEMORY_STRATEGIES = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp")
@@ -91,10 +92,10 @@ def block_activation_bytes(config: GPTConfig, micro_batch: int, context: int | N
     width C per token in the compute precision (GELU MLP; SwiGLU keeps 4 d_ff-wide values), norm
     statistics and attention's log-sum-exp (fp32)."""
     if micro_batch < 1:
-        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+        raise ConfigError(f"micro_batch must be >= 1, got {micro_batch}")
     t = config.context_length if context is None else context
     if not 0 < t <= config.context_length:
-        raise ValueError(f"context must be in [1, {config.context_length}], got {t}")
+        raise ConfigError(f"context must be in [1, {config.context_length}], got {t}")
     width = 2 if precision in ("bf16", "fp16") else 4
     d = config.d_model
     mlp = 2 * config.ff_width if config.mlp == "gelu" else 4 * config.ff_width  # hidden values kept by the MLP
@@ -147,11 +148,11 @@ def estimate_memory(
     AdamW's two fp32 moments; pure bf16 training would be 2, 2, 4 or 8).
     """
     if strategy not in MEMORY_STRATEGIES:
-        raise ValueError(f"strategy must be one of {MEMORY_STRATEGIES}, got {strategy!r}")
+        raise ConfigError(f"strategy must be one of {MEMORY_STRATEGIES}, got {strategy!r}")
     if not isinstance(world_size, int) or world_size < 1:
-        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        raise ConfigError(f"world_size must be a positive integer, got {world_size!r}")
     if strategy == "single" and world_size != 1:
-        raise ValueError("strategy 'single' is one process; use 'ddp' or a ZeRO stage for world_size > 1")
+        raise ConfigError("strategy 'single' is one process; use 'ddp' or a ZeRO stage for world_size > 1")
     n = count_parameters(config)
     stage = {"single": 0, "ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[strategy]
     w = world_size

@@ -25,7 +25,11 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from minillm.errors import DataError
+from minillm.generate import complete
+from minillm.model import GPT
+from minillm.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------
 # BLEU
@@ -80,15 +84,15 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequenc
     it make the score 0.
     """
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; give one (or a list) each")
+        raise DataError(f"{len(hypotheses)} hypotheses but {len(references)} references; give one (or a list) each")
     if smooth not in ("exp", "none"):
-        raise ValueError(f"smooth must be 'exp' or 'none', got {smooth!r}")
+        raise DataError(f"smooth must be 'exp' or 'none', got {smooth!r}")
     correct, total = [0] * max_n, [0] * max_n
     hyp_len = ref_len = 0
     for hyp, refs in zip(hypotheses, references):
         refs = [refs] if isinstance(refs, str) else list(refs)
         if not refs:
-            raise ValueError("every hypothesis needs at least one reference")
+            raise DataError("every hypothesis needs at least one reference")
         h = tokenize_13a(hyp)
         r_words = [tokenize_13a(r) for r in refs]
         hyp_len += len(h)
@@ -171,7 +175,7 @@ def rouge(hypothesis: str, reference: str) -> dict[str, RougeScore]:
 def rouge_corpus(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over pairs (as summarization papers report it)."""
     if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError(f"need as many references as hypotheses (> 0), got {len(hypotheses)} and {len(references)}")
+        raise DataError(f"need as many references as hypotheses (> 0), got {len(hypotheses)} and {len(references)}")
     scores = [rouge(h, r) for h, r in zip(hypotheses, references)]
     return {k: sum(s[k].fmeasure for s in scores) / len(scores) for k in ("rouge1", "rouge2", "rougeL")}
 
@@ -258,7 +262,7 @@ def judge(judge_fn: Callable[[str], str], questions: Sequence[str], answers: Seq
           references: Sequence[str | None] | None = None, low: int = 1, high: int = 10) -> JudgeResult:  # fmt: skip
     """Grade each answer with `judge_fn` (prompt -> reply) and aggregate the parsed grades."""
     if len(questions) != len(answers) or (references is not None and len(references) != len(answers)):
-        raise ValueError("questions, answers (and references) must have the same length")
+        raise DataError("questions, answers (and references) must have the same length")
     if not callable(judge_fn):
         raise TypeError(f"judge_fn must be a callable str -> str (or use model_judge), got {type(judge_fn)}")
     refs = references if references is not None else [None] * len(answers)
@@ -266,18 +270,11 @@ def judge(judge_fn: Callable[[str], str], questions: Sequence[str], answers: Seq
     return JudgeResult([parse_score(t, low, high) for t in replies], replies)
 
 
-def model_judge(model: Any, tokenizer: Any, max_new_tokens: int = 8) -> Callable[[str], str]:
-    """A judge function from a minillm model: greedy continuation of the prompt (the prompt cut from the left)."""
-    import torch
-
-    from minillm.evaluate import encode
-    from minillm.generate import generate
+def model_judge(model: GPT, tokenizer: Tokenizer, max_new_tokens: int = 8) -> Callable[[str], str]:
+    """A judge function from a minillm model: the prompt's greedy continuation (`minillm.generate.complete`,
+    up to `max_new_tokens` tokens or <|endoftext|>; a long prompt is cut on the left to the context)."""
 
     def reply(prompt: str) -> str:
-        device = next(model.parameters()).device
-        limit = model.config.context_length - max_new_tokens
-        ids = encode(tokenizer, prompt)[-limit:]
-        out = generate(model, torch.tensor([ids], device=device), max_new_tokens, temperature=0)
-        return tokenizer.decode(out[0, len(ids) :].tolist())
+        return complete(model, tokenizer, prompt, max_new_tokens, temperature=0.0)
 
     return reply

@@ -10,7 +10,7 @@ configured by a `GPTConfig`:
 * `GPTConfig.from_preset("gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" |
   "llama-110m" | "llama2-7b")` gives the published shapes;
 * `GPT.from_pretrained(dir_or_name)` loads a Hugging Face GPT-2 or Llama
-  checkpoint (the name mapping lives in `_hf_state_dict`);
+  checkpoint (the name mapping lives in `hf_state_dict`);
 * `model.save(dir)` / `GPT.load(dir)` write and read minillm's own checkpoints
   (`config.json` + `model.safetensors`).
 """
@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minillm.attention import AttentionConfig, KVCache, sinusoidal_positions
-from minillm.errors import CheckpointError, CheckpointNotFoundError
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from minillm.fileio import atomic_path, atomic_write
 from minillm.layers import MLPS, NORMS, Block, make_norm
 
@@ -64,20 +64,20 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "n_layer", "ff_width", "vocab_multiple"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+            raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
-            raise ValueError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
+            raise ConfigError(f"mlp must be one of {MLPS}, got {self.mlp!r}")
         if self.positions == "sinusoidal" and self.d_model % 2:
-            raise ValueError(f"sinusoidal positions need an even d_model, got {self.d_model}")
+            raise ConfigError(f"sinusoidal positions need an even d_model, got {self.d_model}")
         self.attention()  # validates d_model, heads, positions, dropout, attn_impl
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
         """A named configuration (see `MODEL_SHAPES`), optionally with fields overridden."""
         if name not in MODEL_SHAPES:
-            raise KeyError(f"unknown preset {name!r}; choose one of {sorted(MODEL_SHAPES)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(MODEL_SHAPES)}")
         return cls(**{**MODEL_SHAPES[name], **overrides})
 
     def attention(self) -> AttentionConfig:
@@ -187,18 +187,18 @@ class GPT(nn.Module):
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"token ids must be an integer tensor, got {idx.dtype}")
         if idx.dim() != 2:
-            raise ValueError(f"token ids must have shape (B, T), got {tuple(idx.shape)}")
+            raise ConfigError(f"token ids must have shape (B, T), got {tuple(idx.shape)}")
         b, t = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + t > c.context_length:
-            raise ValueError(
+            raise ConfigError(
                 f"sequence of {start + t} tokens is longer than the context length {c.context_length}; "
                 "crop the input (e.g. idx[:, -context_length:]) or reset the KV cache"
             )
         if not torch.compiler.is_compiling() and idx.numel():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= c.vocab_size:
-                raise ValueError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
+                raise ConfigError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
@@ -216,9 +216,9 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+                raise ConfigError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
             if only_last:
-                raise ValueError("only_last=True drops the logits a loss needs; leave it False with targets")
+                raise ConfigError("only_last=True drops the logits a loss needs; leave it False with targets")
             loss = F.cross_entropy(logits.float().reshape(b * t, -1), targets.reshape(b * t), ignore_index=-100)
         return logits, loss
 
@@ -229,7 +229,7 @@ class GPT(nn.Module):
         c = self.config
         max_len = c.context_length if max_len is None else max_len
         if not 0 < max_len <= c.context_length:
-            raise ValueError(f"max_len must be in [1, {c.context_length}], got {max_len}")
+            raise ConfigError(f"max_len must be in [1, {c.context_length}], got {max_len}")
         w = self.tok_emb.weight
         return KVCache(c.n_layer, batch_size, c.kv_heads, c.d_model // c.n_head, max_len, w.device, dtype or w.dtype)
 
@@ -329,8 +329,8 @@ class GPT(nn.Module):
         """
         directory = _resolve_hf_directory(name_or_directory)
         hf = json.loads((directory / "config.json").read_text())
-        model = cls(_config_from_hf(hf))
-        model.load_weights(_hf_state_dict(_read_safetensors(directory), model.config, hf["model_type"]),
+        model = cls(config_from_hf(hf))
+        model.load_weights(hf_state_dict(_read_safetensors(directory), model.config, hf["model_type"]),
                            source=f"{directory} ({hf['model_type']})")  # fmt: skip
         return model.to(device) if device is not None else model
 
@@ -394,28 +394,28 @@ def _resolve_hf_directory(name_or_directory: str | os.PathLike) -> Path:
 
 
 def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+    """The tensors of a Hugging Face folder: one model.safetensors or the shards its index names."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise FileNotFoundError(f"{directory} has no model.safetensors; save the model with safe_serialization")
+        raise CheckpointNotFoundError(f"{directory} has no model.safetensors (minillm reads no pickled "
+                                      "pytorch_model.bin); save the model with safe_serialization=True")  # fmt: skip
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        state.update(load_file(directory / name))
+        state.update(read_safetensors(directory / name))
     return state
 
 
-def _config_from_hf(hf: dict) -> GPTConfig:
+def config_from_hf(hf: dict) -> GPTConfig:
     """A `GPTConfig` from a Hugging Face `config.json` (model_type "gpt2" or "llama")."""
     kind = hf.get("model_type")
     if kind == "gpt2":
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"GPT-2 activation {act!r} is not supported (only tanh-approximated GELU)")
+            raise ConfigError(f"GPT-2 activation {act!r} is not supported (only tanh-approximated GELU)")
         return GPTConfig(
             vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
             n_layer=hf["n_layer"], n_head=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
@@ -426,14 +426,14 @@ def _config_from_hf(hf: dict) -> GPTConfig:
         rope = hf.get("rope_parameters") or {}
         rope_type = rope.get("rope_type", "default")
         if hf.get("rope_scaling") or rope_type != "default":
-            raise ValueError(f"Llama RoPE scaling ({hf.get('rope_scaling') or rope_type}) is not supported")
+            raise ConfigError(f"Llama RoPE scaling ({hf.get('rope_scaling') or rope_type}) is not supported")
         if hf.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"Llama activation {hf['hidden_act']!r} is not supported (only silu)")
+            raise ConfigError(f"Llama activation {hf['hidden_act']!r} is not supported (only silu)")
         head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
         if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise ValueError("Llama configs with head_dim * num_attention_heads != hidden_size are not supported")
+            raise ConfigError("Llama configs with head_dim * num_attention_heads != hidden_size are not supported")
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
-            raise ValueError("Llama configs with attention_bias != mlp_bias are not supported")
+            raise ConfigError("Llama configs with attention_bias != mlp_bias are not supported")
         return GPTConfig(
             vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"], d_model=hf["hidden_size"],
             n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
@@ -442,10 +442,10 @@ def _config_from_hf(hf: dict) -> GPTConfig:
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
         )  # fmt: skip
-    raise ValueError(f"model_type {kind!r} is not supported; GPT.from_pretrained reads 'gpt2' and 'llama'")
+    raise ConfigError(f"model_type {kind!r} is not supported; GPT.from_pretrained reads 'gpt2' and 'llama'")
 
 
-def _hf_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig, kind: str) -> dict[str, torch.Tensor]:
+def hf_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig, kind: str) -> dict[str, torch.Tensor]:
     """Rename (and for GPT-2 transpose) Hugging Face weights to minillm's names.
 
     GPT-2 stores its linear layers as `Conv1D` with weight (in, out): transposed to
@@ -496,6 +496,6 @@ def _hf_state_dict(hf: dict[str, torch.Tensor], config: GPTConfig, kind: str) ->
             out[key] = value
     for key, pieces in qkv.items():
         if set(pieces) != {"q", "k", "v"}:
-            raise ValueError(f"Llama checkpoint lacks some of q_proj/k_proj/v_proj for {key}: has {sorted(pieces)}")
+            raise ConfigError(f"Llama checkpoint lacks some of q_proj/k_proj/v_proj for {key}: has {sorted(pieces)}")
         out[key] = torch.cat([pieces["q"], pieces["k"], pieces["v"]], dim=0)
     return out

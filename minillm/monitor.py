@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from minillm.errors import ConfigError
 from minillm.fileio import atomic_path, atomic_write
 from minillm.scaling import DEVICES
 
@@ -48,7 +49,7 @@ def device_peak_flops(device: torch.device, precision: str, peak_tflops: float =
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
     """Model FLOPs utilization: the fraction of the device's peak FLOP/s spent on the model's own FLOPs."""
     if peak <= 0:
-        raise ValueError(f"peak FLOP/s must be > 0, got {peak}")
+        raise ConfigError(f"peak FLOP/s must be > 0, got {peak}")
     return flops_per_token * tokens_per_s / peak
 
 
@@ -111,13 +112,13 @@ def read_metrics(path: str | os.PathLike, repair: bool = False) -> list[dict]:
         try:
             record = json.loads(line)
             if not isinstance(record, dict) or "step" not in record:
-                raise ValueError("not a metrics record")
+                raise ConfigError("not a metrics record")
         except ValueError as err:
             if repair and i == len(lines) - 1:
                 log.warning("%s: dropped a torn last line (%d characters) left by an interrupted write", path,
                             len(line))
                 break
-            raise ValueError(f"{path}, line {i + 1} is not a metrics record ({err})") from err
+            raise ConfigError(f"{path}, line {i + 1} is not a metrics record ({err})") from err
         records.append(record)
     return records
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from minillm.errors import ConfigError
+
 # ---------------------------------------------------------------------------
 # AdamW
 # ---------------------------------------------------------------------------
@@ -88,13 +90,13 @@ class AdamW(torch.optim.Optimizer):
 
 def _check_hyper(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
     if not lr >= 0:
-        raise ValueError(f"learning rate must be >= 0, got {lr}")
+        raise ConfigError(f"learning rate must be >= 0, got {lr}")
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        raise ConfigError(f"betas must be two numbers in [0, 1), got {betas}")
     if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise ConfigError(f"eps must be >= 0, got {eps}")
     if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
@@ -107,7 +109,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
     `[{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]`.
     """
     if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, rest = [], []
     for p in model.parameters():  # yields each (tied) tensor once
@@ -137,7 +139,7 @@ def make_optimizer(
     if impl == "minillm":
         return AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if impl != "torch":
-        raise ValueError(f"optimizer impl must be 'torch' or 'minillm', got {impl!r}")
+        raise ConfigError(f"optimizer impl must be 'torch' or 'minillm', got {impl!r}")
     _check_hyper(lr, betas, eps, weight_decay)
     devices = {p.device.type for g in groups for p in g["params"]}
     fast = {"fused": True} if devices <= {"cuda", "cpu"} else {"foreach": True}
@@ -156,11 +158,11 @@ def _warmup(step: int, max_lr: float, warmup_steps: int) -> float:
 
 def _check_schedule(step: int, warmup_steps: int, total_steps: int | None = None) -> None:
     if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+        raise ConfigError(f"step must be >= 0, got {step}")
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if total_steps is not None and total_steps < warmup_steps:
-        raise ValueError(f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})")
+        raise ConfigError(f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})")
 
 
 def constant_lr(step: int, max_lr: float, warmup_steps: int = 0) -> float:
@@ -201,7 +203,7 @@ def wsd_lr(
     """
     _check_schedule(step, warmup_steps, total_steps)
     if not 0.0 <= decay_fraction <= 1.0:
-        raise ValueError(f"decay_fraction must be in [0, 1], got {decay_fraction}")
+        raise ConfigError(f"decay_fraction must be in [0, 1], got {decay_fraction}")
     decay_steps = round(decay_fraction * total_steps)
     decay_start = max(total_steps - decay_steps, warmup_steps)
     if step < warmup_steps:
@@ -232,7 +234,7 @@ def lr_at(
         return wsd_lr(step, max_lr, total_steps, warmup_steps, min_lr, decay_fraction)
     if schedule == "constant":
         return constant_lr(step, max_lr, warmup_steps)
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def clip_grad_norm(parameters: Iterable[torch.Tensor] | torch.Tensor, max_norm: 
     applied as a tensor (no host sync), like `torch.nn.utils.clip_grad_norm_`.
     """
     if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+        raise ConfigError(f"max_norm must be > 0, got {max_norm}")
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     grads = [p.grad for p in parameters if p.grad is not None]

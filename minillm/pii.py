@@ -34,6 +34,8 @@ from typing import Callable
 
 import regex
 
+from minillm.errors import DataError
+
 PLACEHOLDERS = {
     "email": "<EMAIL>",
     "private_key": "<PRIVATE_KEY>",
@@ -141,7 +143,7 @@ def find_pii(text: str, kinds: tuple[str, ...] | None = None) -> list[PIIMatch]:
     if kinds is not None:
         unknown = set(kinds) - set(PLACEHOLDERS)
         if unknown:
-            raise ValueError(f"unknown PII kinds {sorted(unknown)}; choose from {list(PLACEHOLDERS)}")
+            raise DataError(f"unknown PII kinds {sorted(unknown)}; choose from {list(PLACEHOLDERS)}")
     taken: list[PIIMatch] = []
     for kind, pattern, valid in _PATTERNS:
         if kinds is not None and kind not in kinds:

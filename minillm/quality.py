@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 import regex
 
+from minillm.errors import DataError
+
 # ---------------------------------------------------------------------------
 # 1. Normalization
 # ---------------------------------------------------------------------------
@@ -124,9 +126,9 @@ class QualityConfig:
         if self.rules is not None:
             unknown = [r for r in self.rules if r not in RULES]
             if unknown:
-                raise ValueError(f"unknown quality rules {unknown}; choose from {list(RULES)}")
+                raise DataError(f"unknown quality rules {unknown}; choose from {list(RULES)}")
         if self.min_words > self.max_words:
-            raise ValueError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
+            raise DataError(f"min_words ({self.min_words}) is larger than max_words ({self.max_words})")
 
 
 @dataclass
@@ -246,7 +248,7 @@ class CharNGramLM:
 
     def __init__(self, order: int = 4, alpha: float = 1.0):
         if order < 1 or alpha <= 0:
-            raise ValueError(f"need order >= 1 and alpha > 0, got order={order}, alpha={alpha}")
+            raise DataError(f"need order >= 1 and alpha > 0, got order={order}, alpha={alpha}")
         self.order, self.alpha = order, alpha
         self.counts: Counter[bytes] = Counter()  # n-grams of length 1..order, and their contexts
 

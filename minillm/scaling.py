@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from minillm.errors import ConfigError
+
 # ---------------------------------------------------------------------------
 # Input checks: a calculator should refuse nonsense loudly.
 # ---------------------------------------------------------------------------
@@ -46,28 +48,28 @@ def _number(name: str, value: object) -> float:
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+        raise ConfigError(f"{name} must be a finite number, got {value}")
     return value
 
 
 def _positive(name: str, value: object) -> float:
     value = _number(name, value)
     if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value:g}")
+        raise ConfigError(f"{name} must be > 0, got {value:g}")
     return value
 
 
 def _non_negative(name: str, value: object) -> float:
     value = _number(name, value)
     if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value:g}")
+        raise ConfigError(f"{name} must be >= 0, got {value:g}")
     return value
 
 
 def _utilization(value: object) -> float:
     value = _number("utilization", value)
     if not 0 < value <= 1:
-        raise ValueError(
+        raise ConfigError(
             f"utilization must be a fraction in (0, 1], got {value:g}; "
             "write 40% as 0.4 (well-tuned large runs reach about 0.3 to 0.6)"
         )
@@ -105,7 +107,7 @@ def flops_per_token(
     width = _non_negative("d_model", d_model)
     attention = (layers, ctx, width)
     if any(attention) and not all(attention):
-        raise ValueError(
+        raise ConfigError(
             "to count attention FLOPs give all of n_layer, context and d_model "
             f"(got n_layer={n_layer}, context={context}, d_model={d_model}); "
             "leave all three at 0 for the plain 6*N estimate"
@@ -219,10 +221,10 @@ DEVICES: dict[str, Device] = {
 def peak_flops(device: str, dtype: str = "bf16") -> float:
     """Dense peak FLOP/s of ``device`` (a key of :data:`DEVICES`) in number format ``dtype``."""
     if device not in DEVICES:
-        raise KeyError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown device {device!r}; known devices: {', '.join(DEVICES)}")
     peaks = DEVICES[device].peak
     if dtype not in peaks:
-        raise KeyError(
+        raise ConfigError(
             f"{device} has no {dtype!r} peak in the table; available: {', '.join(peaks)}"
         )
     return peaks[dtype]
@@ -268,7 +270,7 @@ def energy_kwh(hours: float, watts: float, pue: float = 1.0) -> float:
     """
     pue_value = _number("pue", pue)
     if pue_value < 1:
-        raise ValueError(f"pue must be >= 1 (facility power / IT power), got {pue_value:g}")
+        raise ConfigError(f"pue must be >= 1 (facility power / IT power), got {pue_value:g}")
     return _non_negative("hours", hours) * _non_negative("watts", watts) / 1000.0 * pue_value
 
 
@@ -325,7 +327,7 @@ def estimate(
     ``None`` unless ``kg_co2_per_kwh`` is given.
     """
     if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus < 1:
-        raise ValueError(f"n_gpus must be a positive integer, got {n_gpus!r}")
+        raise ConfigError(f"n_gpus must be a positive integer, got {n_gpus!r}")
     flops = training_flops(n_params, n_tokens)
     hours = gpu_hours(flops, peak_flops(device, dtype), utilization)
     kwh = energy_kwh(hours, DEVICES[device].watts, pue)

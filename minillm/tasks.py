@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minillm.data import download
+from minillm.errors import DataError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -57,12 +60,12 @@ class MCExample:
 
     def __post_init__(self) -> None:
         if len(self.choices) > len(LETTERS):
-            raise ValueError(f"{self.id}: {len(self.choices)} choices; at most {len(LETTERS)} (A-Z) are supported")
+            raise DataError(f"{self.id}: {len(self.choices)} choices; at most {len(LETTERS)} (A-Z) are supported")
         if len(self.choices) < 2 or len(self.continuations) != len(self.choices):
-            raise ValueError(f"{self.id}: needs >= 2 choices and one continuation per choice, got "
+            raise DataError(f"{self.id}: needs >= 2 choices and one continuation per choice, got "
                              f"{len(self.choices)} choices and {len(self.continuations)} continuations")  # fmt: skip
         if not 0 <= self.label < len(self.choices):
-            raise ValueError(f"{self.id}: label {self.label} is not an index of its {len(self.choices)} choices")
+            raise DataError(f"{self.id}: label {self.label} is not an index of its {len(self.choices)} choices")
 
 
 def letter_prompt(example: MCExample, with_shots: bool = True) -> str:
@@ -129,8 +132,6 @@ def _source(name: str, path: str | os.PathLike | None, relative: str) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; pass the {name} file laid out as in the data mirror")
         return path
-    from minillm.data import download
-
     return download(name) / relative
 
 
@@ -173,9 +174,9 @@ def load_arc(subset: str = "ARC-Easy", split: str = "test", path: str | os.PathL
     """
     subsets, splits = ("ARC-Easy", "ARC-Challenge"), {"train": "Train", "validation": "Dev", "test": "Test"}
     if subset not in subsets:
-        raise ValueError(f"subset must be one of {subsets}, got {subset!r}")
+        raise DataError(f"subset must be one of {subsets}, got {subset!r}")
     if split not in splits:
-        raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
+        raise DataError(f"split must be one of {sorted(splits)}, got {split!r}")
     path = _source("arc", path, f"{subset}/{subset}-{splits[split]}.jsonl")
     out = []
     for line, row in _jsonl(path):
@@ -233,14 +234,14 @@ def load_mmlu(split: str = "test", subjects: list[str] | None = None, k_shot: in
     """
     folders = {"dev": "dev", "validation": "val", "test": "test"}
     if split not in folders:
-        raise ValueError(f"split must be one of {sorted(folders)}, got {split!r}")
+        raise DataError(f"split must be one of {sorted(folders)}, got {split!r}")
     if not 0 <= k_shot <= 5:
-        raise ValueError(f"k_shot must be 0-5 (the dev split has 5 questions per subject), got {k_shot}")
+        raise DataError(f"k_shot must be 0-5 (the dev split has 5 questions per subject), got {k_shot}")
     root = _source("mmlu", root, "")
     known = mmlu_subjects(root)
     unknown = sorted(set(subjects or []) - set(known))
     if unknown:
-        raise ValueError(f"unknown MMLU subjects {unknown}; choose from {known}")
+        raise DataError(f"unknown MMLU subjects {unknown}; choose from {known}")
     out = []
     for subject in subjects or known:
         name = subject.replace("_", " ")
@@ -310,12 +311,12 @@ TASKS: dict[str, Callable[..., list[MCExample]]] = {
 def load_task(name: str, limit: int | None = None, **options: Any) -> list[MCExample]:
     """The examples of task `name` (a key of `TASKS`); `options` go to its loader (e.g. k_shot=5)."""
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+        raise DataError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
     return TASKS[name](limit=limit, **options)
 
 
 def chance(examples: list[MCExample]) -> float:
     """Expected accuracy of guessing uniformly: the mean of 1 / (number of choices)."""
     if not examples:
-        raise ValueError("no examples")
+        raise DataError("no examples")
     return sum(1 / len(e.choices) for e in examples) / len(examples)

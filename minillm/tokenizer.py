@@ -25,7 +25,11 @@ The same class serves a vocabulary trained here (:meth:`BPETokenizer.train`) and
 GPT-2's published one (:meth:`BPETokenizer.from_gpt2`), whose ids are *not* in byte
 order: a tokenizer is a table ``id -> bytes`` plus a list of merges
 ``(left id, right id, merged id)`` in priority order, plus the special tokens.
-:meth:`BPETokenizer.save` writes that as human-readable JSON.
+:meth:`BPETokenizer.save` writes that as human-readable JSON, and
+:meth:`BPETokenizer.to_tiktoken` hands it to tiktoken (same ids, encoded in Rust).
+
+Code that only needs *a* tokenizer (the data pipeline, generation, fine-tuning)
+takes the :class:`Tokenizer` protocol, which both classes satisfy.
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
 
 import regex
+import tiktoken
 
+from minillm import data
+from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write
 
 # GPT-2's pre-tokenizer: contractions, optional space + letters, optional space +
@@ -65,20 +73,58 @@ LEGACY_TOKENIZER_FILE = "tokenizer.json"  # the name minillm used before; still 
 # above has a chunk that spans such a position, nor looks past it (see the method).
 _SAFE_CUT = regex.compile(r"[\p{L}\p{N}]\s|\S[ \t]", flags=regex.REVERSE)
 
+#: What ``allowed_special`` / ``disallowed_special`` accept: "all" or a set of special-token names.
+SpecialNames = Literal["all"] | Iterable[str]
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What minillm needs from a tokenizer; :class:`CharTokenizer` and :class:`BPETokenizer` have it.
+
+    Ids are ``0..vocab_size-1``. ``encode`` follows tiktoken's rules for special
+    tokens: those in ``allowed_special`` ("all" or a set of names) become their
+    single id, any in ``disallowed_special`` ("all": every one not allowed) found
+    in the text raises ValueError, the rest is encoded as ordinary text.
+    ``encode_ordinary`` encodes special-token text as ordinary text.
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token text -> id (empty if the tokenizer has none)."""
+
+    def encode(self, text: str, *, allowed_special: SpecialNames = frozenset(),
+               disallowed_special: SpecialNames = "all") -> list[int]:
+        """Token ids of ``text``."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of ``text``, special-token text included as ordinary text."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of a sequence of ids."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer to a JSON file that :func:`load_tokenizer` reads."""
+
 
 class CharTokenizer:
     """Character-level tokenizer: one id per distinct character of a corpus.
 
     Ids are assigned in sorted character order, so the same text always gives the
-    same vocabulary. Build it with :meth:`from_text`.
+    same vocabulary. Build it with :meth:`from_text`. It has no special tokens, so
+    :meth:`encode` and :meth:`encode_ordinary` give the same ids; ``encode`` takes
+    (and checks) the same keywords as :meth:`BPETokenizer.encode`.
     """
 
     def __init__(self, chars: Iterable[str]):
         chars = list(chars)
         if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars):
-            raise ValueError("CharTokenizer needs a non-empty list of single characters")
+            raise DataError("CharTokenizer needs a non-empty list of single characters")
         if len(set(chars)) != len(chars):
-            raise ValueError("CharTokenizer characters must be distinct")
+            raise DataError("CharTokenizer characters must be distinct")
         self.chars = chars
         self._stoi = {c: i for i, c in enumerate(chars)}
 
@@ -88,7 +134,7 @@ class CharTokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not text:
-            raise ValueError("cannot build a vocabulary from an empty text")
+            raise DataError("cannot build a vocabulary from an empty text")
         return cls(sorted(set(text)))
 
     @property
@@ -96,15 +142,31 @@ class CharTokenizer:
         """Number of distinct characters (ids are 0..vocab_size-1)."""
         return len(self.chars)
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of the characters of ``text``; raises ValueError on unseen characters."""
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Always ``{}``: a character tokenizer has no special tokens."""
+        return {}
+
+    def encode(self, text: str, *, allowed_special: SpecialNames = frozenset(),
+               disallowed_special: SpecialNames = "all") -> list[int]:
+        """Ids of the characters of ``text``; raises ValueError on unseen characters.
+
+        ``allowed_special``/``disallowed_special`` are checked as in
+        :meth:`BPETokenizer.encode`; only "all" and empty sets are valid here.
+        """
+        _special_names(allowed_special, {}, "allowed_special")
+        _special_names(disallowed_special, {}, "disallowed_special")
+        return self.encode_ordinary(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of the characters of ``text`` (the same as :meth:`encode`: there are no special tokens)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         try:
             return [self._stoi[c] for c in text]
         except KeyError:
             unknown = sorted({c for c in text if c not in self._stoi})
-            raise ValueError(
+            raise DataError(
                 f"{len(unknown)} character(s) not in the vocabulary: {unknown[:10]!r}; a "
                 "character tokenizer only knows the text it was built from (rebuild it "
                 "from a text that contains them, or use the byte-level BPETokenizer)"
@@ -115,7 +177,7 @@ class CharTokenizer:
         ids = _as_int_list(ids)
         bad = [i for i in ids if not 0 <= i < len(self.chars)]
         if bad:
-            raise ValueError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
+            raise DataError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
         return "".join(self.chars[i] for i in ids)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -158,7 +220,7 @@ def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | BPETokenizer:
     state = _read_state(path, None, "CharTokenizer.save or BPETokenizer.save")
     kinds = {"minillm-char": CharTokenizer, "minillm-bpe": BPETokenizer}
     if state.get("format") not in kinds:
-        raise ValueError(f"{path} is not a minillm tokenizer file (format {state.get('format')!r})")
+        raise DataError(f"{path} is not a minillm tokenizer file (format {state.get('format')!r})")
     return kinds[state["format"]].load(path)
 
 
@@ -170,10 +232,26 @@ def _read_state(path: str | os.PathLike, fmt: str | None, writer: str) -> dict:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a JSON tokenizer file ({err})") from err
+        raise DataError(f"{path} is not a JSON tokenizer file ({err})") from err
     if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):
-        raise ValueError(f"{path} is not a tokenizer written by {writer}")
+        raise DataError(f"{path} is not a tokenizer written by {writer}")
     return state
+
+
+def _special_names(names: SpecialNames, known: dict[str, int], argument: str) -> frozenset[str]:
+    """Validate an ``allowed_special``/``disallowed_special`` argument against the
+    special tokens ``known``; "all" means every one of them."""
+    if names == "all":
+        return frozenset(known)
+    if isinstance(names, str):
+        raise TypeError(f"{argument} must be 'all' or a set of special tokens, got the string "
+                        f"{names!r}; write {{{names!r}}}")
+    names = frozenset(names)
+    unknown = names - set(known)
+    if unknown:
+        has = f"has {sorted(known)}" if known else "has no special tokens"
+        raise ConfigError(f"{argument} names unknown special token(s) {sorted(unknown)}; this tokenizer {has}")
+    return names
 
 
 def _as_int_list(ids) -> list[int]:
@@ -196,9 +274,9 @@ def _compile_pattern(pattern: str) -> regex.Pattern:
     try:
         compiled = regex.compile(pattern)
     except regex.error as e:
-        raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
+        raise DataError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
     if compiled.groups:
-        raise ValueError("the pre-tokenization pattern must not have capturing groups; "
+        raise DataError("the pre-tokenization pattern must not have capturing groups; "
                          "write (?:...) instead of (...)")
     return compiled
 
@@ -337,29 +415,29 @@ class BPETokenizer:
         n = len(self._vocab)
         for name, i in special_tokens.items():
             if not isinstance(name, str) or not name:
-                raise ValueError(f"special tokens must be non-empty strings, got {name!r}")
+                raise DataError(f"special tokens must be non-empty strings, got {name!r}")
             if not 0 <= i < n or self._vocab[i] != name.encode("utf-8"):
-                raise ValueError(f"special token {name!r} needs vocab[{i}] == its UTF-8 bytes")
+                raise DataError(f"special token {name!r} needs vocab[{i}] == its UTF-8 bytes")
         special_ids = set(special_tokens.values())
         if len(special_ids) != len(special_tokens):
-            raise ValueError(f"special tokens need distinct ids, got {special_tokens}")
+            raise DataError(f"special tokens need distinct ids, got {special_tokens}")
         byte_ids = {b[0]: i for i, b in enumerate(self._vocab) if len(b) == 1 and i not in special_ids}
         if len(byte_ids) != 256:
             missing = sorted(set(range(256)) - set(byte_ids))[:5]
-            raise ValueError(f"a byte-level vocabulary needs all 256 single bytes; missing e.g. {missing}")
+            raise DataError(f"a byte-level vocabulary needs all 256 single bytes; missing e.g. {missing}")
         self._byte_ids = [byte_ids[b] for b in range(256)]
         self.merges = [tuple(m) for m in merges]
         self._ranks: dict[tuple[int, int], int] = {}
         for rank, (a, b, m) in enumerate(self.merges):
             if not all(0 <= i < n for i in (a, b, m)) or self._vocab[m] != self._vocab[a] + self._vocab[b]:
-                raise ValueError(f"merge #{rank} {(a, b, m)} does not match the vocabulary")
+                raise DataError(f"merge #{rank} {(a, b, m)} does not match the vocabulary")
             self._ranks.setdefault((a, b), rank)
         self._merged = [m for _, _, m in self.merges]
         if special_ids & set(self._merged):
-            raise ValueError("a special token's id is also the result of a merge; give it its own id")
+            raise DataError("a special token's id is also the result of a merge; give it its own id")
         self.special_tokens = special_tokens
         if not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be a non-negative int, got {cache_size!r}")
+            raise DataError(f"cache_size must be a non-negative int, got {cache_size!r}")
         self.cache_size = cache_size
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_res: dict[frozenset[str], regex.Pattern] = {}
@@ -390,9 +468,9 @@ class BPETokenizer:
             raise TypeError(f"special_tokens must be a list of strings; write [{special_tokens!r}]")
         specials = list(special_tokens)
         if any(not isinstance(s, str) or not s for s in specials) or len(set(specials)) != len(specials):
-            raise ValueError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
+            raise DataError(f"special_tokens must be distinct non-empty strings, got {specials!r}")
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
-            raise ValueError(f"vocab_size must be an int >= 256 + {len(specials)} special token(s) "
+            raise DataError(f"vocab_size must be an int >= 256 + {len(specials)} special token(s) "
                              f"= {256 + len(specials)}, got {vocab_size!r}")
         pat = _compile_pattern(PATTERNS.get(pattern, pattern))
         split = regex.compile("|".join(map(regex.escape, sorted(specials, key=len, reverse=True))))
@@ -403,7 +481,7 @@ class BPETokenizer:
             for part in split.split(doc) if specials else [doc]:
                 chunk_counts.update(pat.findall(part))
         if not chunk_counts:
-            raise ValueError("the training text is empty (after removing special tokens)")
+            raise DataError("the training text is empty (after removing special tokens)")
         words = [list(_utf8(chunk)) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
         merges = _learn_merges(words, freqs, vocab_size - 256 - len(specials))
@@ -424,8 +502,6 @@ class BPETokenizer:
         ``encoder.json`` and merge priority from the line order of ``vocab.bpe``.
         """
         if directory is None:
-            from minillm import data
-
             directory = data.download("gpt2")
         directory = Path(directory)
         paths = [directory / "encoder.json", directory / "vocab.bpe"]
@@ -494,20 +570,6 @@ class BPETokenizer:
         """Forget the cached chunk encodings (e.g. to time a cold encode)."""
         self._cache.clear()
 
-    def _specials(self, names, argument: str) -> frozenset[str]:
-        """Validate an ``allowed_special``/``disallowed_special`` argument."""
-        if names == "all":
-            return frozenset(self.special_tokens)
-        if isinstance(names, str):
-            raise TypeError(f"{argument} must be 'all' or a set of special tokens, got the string "
-                            f"{names!r}; write {{{names!r}}}")
-        names = frozenset(names)
-        unknown = names - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"{argument} names unknown special token(s) {sorted(unknown)}; "
-                             f"this tokenizer has {sorted(self.special_tokens)}")
-        return names
-
     def _special_re(self, names: frozenset[str]) -> regex.Pattern:
         if names not in self._special_res:
             alternation = "|".join(map(regex.escape, sorted(names, key=len, reverse=True)))
@@ -515,12 +577,13 @@ class BPETokenizer:
         return self._special_res[names]
 
     def _resolve(self, allowed_special, disallowed_special) -> tuple[frozenset[str], frozenset[str]]:
-        allowed = self._specials(allowed_special, "allowed_special")
+        allowed = _special_names(allowed_special, self.special_tokens, "allowed_special")
         if disallowed_special == "all":
             return allowed, frozenset(self.special_tokens) - allowed
-        return allowed, self._specials(disallowed_special, "disallowed_special")
+        return allowed, _special_names(disallowed_special, self.special_tokens, "disallowed_special")
 
-    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+    def encode(self, text: str, *, allowed_special: SpecialNames = frozenset(),
+               disallowed_special: SpecialNames = "all") -> list[int]:
         """Token ids of ``text``, with tiktoken's rules for special tokens.
 
         ``allowed_special`` ("all" or a set) are encoded as their single id. Any
@@ -532,7 +595,7 @@ class BPETokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         allowed, disallowed = self._resolve(allowed_special, disallowed_special)
         if disallowed and (m := self._special_re(disallowed).search(text)):
-            raise ValueError(
+            raise DataError(
                 f"the text contains the special token {m.group()!r}, which is disallowed. To "
                 f"encode it as its special id pass allowed_special={{{m.group()!r}}} (or 'all'); "
                 "to encode it as ordinary text pass disallowed_special=() (or a set without it)"
@@ -547,8 +610,8 @@ class BPETokenizer:
             start = m.end()
         return ids + self.encode_ordinary(text[start:])
 
-    def encode_iterable(self, texts: Iterable[str], *, allowed_special=frozenset(),
-                        disallowed_special="all") -> Iterator[int]:
+    def encode_iterable(self, texts: Iterable[str], *, allowed_special: SpecialNames = frozenset(),
+                        disallowed_special: SpecialNames = "all") -> Iterator[int]:
         """Yield the ids of the concatenation of ``texts`` (e.g. the lines of a file),
         exactly as :meth:`encode` would give them for the whole text.
 
@@ -586,7 +649,7 @@ class BPETokenizer:
         n = len(self._vocab)
         if ids and not (0 <= min(ids) and max(ids) < n):
             bad = next(i for i in ids if not 0 <= i < n)
-            raise ValueError(f"token id {bad} is out of range for vocab_size {n} (valid ids: 0..{n - 1})")
+            raise DataError(f"token id {bad} is out of range for vocab_size {n} (valid ids: 0..{n - 1})")
         return b"".join([self._vocab[i] for i in ids])
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -601,6 +664,70 @@ class BPETokenizer:
     def visualize(self, text: str, **encode_kwargs) -> list[tuple[int, bytes]]:
         """``(id, bytes)`` for every token of ``text``: shows where tokens begin and end."""
         return [(i, self._vocab[i]) for i in self.encode(text, **encode_kwargs)]
+
+    # ------------------------------------------------------------ export
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """``token bytes -> id`` of every ordinary (non-special) token.
+
+        This is the table tiktoken calls *mergeable ranks*, and (spelled with
+        :func:`gpt2_bytes_to_unicode`) the vocabulary of a Hugging Face BPE
+        tokenizer. Raises ConfigError if two tokens have the same bytes: a table
+        keyed by bytes cannot hold both.
+        """
+        specials = set(self.special_tokens.values())
+        ranks: dict[bytes, int] = {}
+        for i, b in enumerate(self._vocab):
+            if i in specials:
+                continue
+            if b in ranks:
+                raise ConfigError(f"tokens {ranks[b]} and {i} have the same bytes {b!r}; a table keyed by "
+                                  "token bytes (tiktoken, Hugging Face) cannot hold both")
+            ranks[b] = i
+        return ranks
+
+    def to_tiktoken(self, name: str = "minillm") -> tiktoken.Encoding:
+        """This tokenizer as a ``tiktoken.Encoding`` that gives the same ids (and encodes in Rust).
+
+        tiktoken keeps no list of merges: within a chunk it repeatedly merges the
+        adjacent pair whose *concatenated bytes* have the lowest rank, and a
+        token's rank is its id. That reproduces our rule (lowest merge rank
+        first) when
+
+        * ordinary tokens have distinct bytes (see :meth:`mergeable_ranks`);
+        * every ordinary token is a single byte or made by exactly one merge
+          (tiktoken would also build a token that no merge makes);
+        * merged ids increase with merge rank (tiktoken's priority is the id),
+          and a merged token's id is greater than its parts' ids.
+
+        Vocabularies learned by BPE (:meth:`train`, GPT-2's) meet these; any
+        other raises ConfigError saying which condition fails. So does a custom
+        ``pattern`` that tiktoken's regex engine (fancy-regex) does not accept.
+        """
+        ranks = self.mergeable_ranks()
+        made = Counter(self._merged)
+        twice = [m for m, k in made.items() if k > 1]
+        if twice:
+            raise ConfigError(f"token {twice[0]} is made by {made[twice[0]]} merges; tiktoken ranks a token "
+                              "once, by its bytes, so it can only have one")
+        singles = {self._byte_ids[b] for b in range(256)}
+        unmade = sorted(set(ranks.values()) - singles - set(made))
+        if unmade:
+            raise ConfigError(f"token {unmade[0]} ({self._vocab[unmade[0]]!r}) is neither a byte nor made by a "
+                              "merge: our encoder never produces it, tiktoken would (it merges by bytes)")
+        previous = -1
+        for rank, (a, b, m) in enumerate(self.merges):
+            if m <= max(a, b, previous):
+                raise ConfigError(
+                    f"merge #{rank} {(a, b, m)} gives token {m}, which is not greater than its parts' ids and the "
+                    f"ids made by earlier merges ({max(a, b, previous)}); tiktoken applies merges in the order of "
+                    "the merged token's id, so a tokenizer whose merged ids do not grow with merge rank cannot be "
+                    "expressed")
+            previous = m
+        try:
+            return tiktoken.Encoding(name, pat_str=self.pattern, mergeable_ranks=ranks,
+                                     special_tokens=dict(self.special_tokens), explicit_n_vocab=self.vocab_size)
+        except ValueError as err:  # tiktoken's regex engine rejects the pattern
+            raise ConfigError(f"tiktoken cannot use this tokenizer's pattern {self.pattern!r}: {err}") from err
 
     # ------------------------------------------------------------- save / load
     def save(self, path: str | os.PathLike) -> None:

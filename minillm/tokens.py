@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from minillm.errors import DataError
 from minillm.fileio import atomic_write, file_mode
 
 SHARD_FORMAT = "minillm-token-shards"
@@ -37,7 +38,7 @@ SHARD_VERSION = 1
 def shard_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds ids ``0 .. vocab_size-1`` (uint16 or uint32)."""
     if not isinstance(vocab_size, (int, np.integer)) or not 0 < vocab_size <= 2**32:
-        raise ValueError(f"vocab_size must be an int in 1..2**32, got {vocab_size!r}")
+        raise DataError(f"vocab_size must be an int in 1..2**32, got {vocab_size!r}")
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
 
 
@@ -47,7 +48,7 @@ def _chunks(tokens: Any) -> Iterable[np.ndarray]:
         tokens = tokens.detach().cpu().numpy()
     if isinstance(tokens, np.ndarray):
         if tokens.ndim != 1:
-            raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+            raise DataError(f"tokens must be 1-D, got shape {tokens.shape}")
         yield tokens.astype(np.int64, copy=False)
         return
     loose: list[int] = []
@@ -85,9 +86,9 @@ def write_shards(
     """
     dtype = shard_dtype(vocab_size)
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise DataError(f"shard_size must be >= 1, got {shard_size}")
     if not prefix or "/" in prefix or os.sep in prefix:
-        raise ValueError(f"prefix must be a plain file-name stem like 'train', got {prefix!r}")
+        raise DataError(f"prefix must be a plain file-name stem like 'train', got {prefix!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[dict[str, Any]] = []
@@ -106,7 +107,7 @@ def write_shards(
         for chunk in _chunks(tokens):
             if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
                 bad = chunk[(chunk < 0) | (chunk >= vocab_size)][0]
-                raise ValueError(f"token id {bad} is outside 0..{vocab_size - 1}; "
+                raise DataError(f"token id {bad} is outside 0..{vocab_size - 1}; "
                                  f"pass the tokenizer's vocab_size (it must exceed every id)")
             data, pos = chunk.astype(dtype), 0
             while pos < data.size:
@@ -126,7 +127,7 @@ def write_shards(
             current[0].close()
             Path(current[1]).unlink(missing_ok=True)
     if not shards:
-        raise ValueError("no tokens to write: the token source is empty")
+        raise DataError("no tokens to write: the token source is empty")
     meta = {
         "format": SHARD_FORMAT,
         "version": SHARD_VERSION,
@@ -162,7 +163,7 @@ class TokenShards:
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step != 1:
-                raise ValueError("TokenShards supports slices with step 1 only")
+                raise DataError("TokenShards supports slices with step 1 only")
             pieces = []
             for i, m in enumerate(self.memmaps):
                 lo, hi = max(start, self._starts[i]), min(stop, self._starts[i + 1])
@@ -198,16 +199,16 @@ def read_shards(directory: str | os.PathLike, prefix: str = "train",
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{sidecar} is not valid JSON ({err}); rewrite the shards") from err
+        raise DataError(f"{sidecar} is not valid JSON ({err}); rewrite the shards") from err
     if meta.get("format") != SHARD_FORMAT or meta.get("version") != SHARD_VERSION:
-        raise ValueError(f"{sidecar} is not a {SHARD_FORMAT} v{SHARD_VERSION} sidecar "
+        raise DataError(f"{sidecar} is not a {SHARD_FORMAT} v{SHARD_VERSION} sidecar "
                          f"(format={meta.get('format')!r}, version={meta.get('version')!r})")
     dtype = shard_dtype(meta.get("vocab_size"))
     if meta.get("dtype") != dtype.name:
-        raise ValueError(f"{sidecar}: dtype {meta.get('dtype')!r} does not match vocab_size "
+        raise DataError(f"{sidecar}: dtype {meta.get('dtype')!r} does not match vocab_size "
                          f"{meta['vocab_size']} (expected {dtype.name})")
     if vocab_size is not None and vocab_size != meta["vocab_size"]:
-        raise ValueError(f"{sidecar} was written for vocab_size {meta['vocab_size']} "
+        raise DataError(f"{sidecar} was written for vocab_size {meta['vocab_size']} "
                          f"({meta.get('tokenizer') or 'unnamed tokenizer'}), not {vocab_size}")
     memmaps = []
     for shard in meta["shards"]:
@@ -215,11 +216,11 @@ def read_shards(directory: str | os.PathLike, prefix: str = "train",
         expected = shard["num_tokens"] * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
             found = path.stat().st_size if path.is_file() else "missing"
-            raise ValueError(f"shard {path} should have {expected} bytes, found {found}; "
+            raise DataError(f"shard {path} should have {expected} bytes, found {found}; "
                              f"the shards are incomplete: rewrite them")
         memmaps.append(np.memmap(path, dtype=dtype, mode="r"))
     if not memmaps:
-        raise ValueError(f"{sidecar} lists no shards (an empty corpus)")
+        raise DataError(f"{sidecar} lists no shards (an empty corpus)")
     return TokenShards(memmaps, meta)
 
 
@@ -235,10 +236,10 @@ def split_tokens(tokens: Any, val_fraction: float = 0.1) -> tuple[Any, Any]:
     training. Both parts are views/slices of ``tokens``.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+        raise DataError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
     n_val = int(round(len(tokens) * val_fraction))
     if n_val == 0 or n_val == len(tokens):
-        raise ValueError(f"{len(tokens)} tokens are too few to split with val_fraction={val_fraction}")
+        raise DataError(f"{len(tokens)} tokens are too few to split with val_fraction={val_fraction}")
     cut = len(tokens) - n_val
     return tokens[:cut], tokens[cut:]
 
@@ -252,11 +253,11 @@ def _window(tokens: Any, start: int, length: int) -> torch.Tensor:
 
 def _check_lengths(tokens: Any, context_length: int) -> None:
     if isinstance(tokens, torch.Tensor) and tokens.dim() != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        raise DataError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
     if not isinstance(context_length, int) or context_length < 1:
-        raise ValueError(f"context_length must be a positive int, got {context_length!r}")
+        raise DataError(f"context_length must be a positive int, got {context_length!r}")
     if len(tokens) < context_length + 1:
-        raise ValueError(f"context_length {context_length} needs at least {context_length + 1} "
+        raise DataError(f"context_length {context_length} needs at least {context_length + 1} "
                          f"tokens (inputs plus one target), but there are only {len(tokens)}; "
                          f"use a shorter context or more data")
 
@@ -278,7 +279,7 @@ class SlidingWindowDataset(Dataset):
         _check_lengths(tokens, context_length)
         stride = context_length if stride is None else stride
         if not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be a positive int, got {stride!r}")
+            raise DataError(f"stride must be a positive int, got {stride!r}")
         self.tokens, self.context_length, self.stride = tokens, context_length, stride
 
     def __len__(self) -> int:
@@ -300,10 +301,10 @@ def make_dataloader(tokens: Any, batch_size: int, context_length: int, stride: i
     Shuffling is reproducible: the order comes from a generator seeded with ``seed``.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     dataset = SlidingWindowDataset(tokens, context_length, stride)
     if drop_last and len(dataset) < batch_size:
-        raise ValueError(f"only {len(dataset)} windows for batch_size {batch_size} with drop_last=True: "
+        raise DataError(f"only {len(dataset)} windows for batch_size {batch_size} with drop_last=True: "
                          f"every batch would be dropped; use a smaller batch or stride")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
@@ -322,7 +323,7 @@ def get_batch(tokens: Any, batch_size: int, context_length: int, device: str | t
         tokens = np.asarray(tokens, dtype=np.int64)
     _check_lengths(tokens, context_length)
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise DataError(f"batch_size must be a positive int, got {batch_size!r}")
     starts = torch.randint(len(tokens) - context_length, (batch_size,), generator=generator)
     xy = torch.stack([_window(tokens, int(s), context_length + 1) for s in starts])  # (B, T+1)
     x, y = xy[:, :-1], xy[:, 1:]

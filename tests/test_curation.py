@@ -3,14 +3,14 @@ and its report, and the `curate` command."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import unicodedata
 
 import pytest
 
-from minillm.curation import CurationConfig, add_curate_command, curate, read_documents
+from minillm.cli import build_parser
+from minillm.curation import CurationConfig, curate, read_documents
 from minillm.quality import (
     RULES,
     CharNGramLM,
@@ -246,7 +246,7 @@ def test_curate_rejects_bad_input():
         curate("one string")
     with pytest.raises(ValueError, match="at least one"):
         curate([])
-    with pytest.raises(KeyError, match="'text' column"):
+    with pytest.raises(ValueError, match="'text' column"):
         curate(datasets.Dataset.from_dict({"body": ["x"]}))
 
 
@@ -264,7 +264,7 @@ def test_read_documents(tmp_path):
     assert read_documents([str(tmp_path / "a.txt")], doc_per="line") == ["para one", "still one", "para two"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_documents([str(tmp_path / "missing.txt")])
-    with pytest.raises(KeyError, match="no 'body' field"):
+    with pytest.raises(ValueError, match="no 'body' field"):
         read_documents([str(tmp_path / "b.jsonl")], text_field="body")
     with pytest.raises(ValueError, match="doc_per"):
         read_documents([str(tmp_path)], doc_per="sentence")
@@ -274,9 +274,7 @@ def test_read_documents(tmp_path):
 
 
 def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_curate_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -330,7 +330,7 @@ def test_tokenize_dataset_with_tiktoken_and_num_proc(tmp_path):
     out = data.tokenize_dataset(ds, enc, num_proc=2, eot_token=enc.eot_token)
     assert out.column_names == ["ids", "num_tokens"]
     assert out["ids"] == [enc.encode(t) + [50256] for t in texts]
-    with pytest.raises(KeyError, match="other"):
+    with pytest.raises(ValueError, match="other"):
         data.tokenize_dataset(ds, enc, column="body")
     with pytest.raises(TypeError):
         data.tokenize_dataset(ds, object())

@@ -1,8 +1,8 @@
-"""minillm.evaluate and minillm.harness: scores against a tiny transformers GPT-2, by hand, and the CLI."""
+"""minillm.evaluate and minillm.harness: scores against a tiny transformers GPT-2, by hand, and the
+`evaluate` command (`minillm.cli.evaluate`) on a Hugging Face GPT-2 folder and on a minillm checkpoint."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -23,15 +23,11 @@ from minillm.evaluate import (
     sliding_windows,
     unigram_perplexity,
 )
-from minillm.harness import (
-    add_evaluate_command,
-    evaluate_tasks,
-    format_table,
-    load_checkpoint,
-)
+from minillm.cli import build_parser
+from minillm.harness import evaluate_tasks, format_table
 from minillm.model import GPT, GPTConfig
 from minillm.tasks import MCExample, letter_prompt, load_arc, load_hellaswag, load_mmlu
-from minillm.tokenizer import BPETokenizer, CharTokenizer
+from minillm.tokenizer import TOKENIZER_FILE, BPETokenizer, CharTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +205,8 @@ def test_evaluate_tasks_and_table(model, tok):
 
 
 def _run_cli(argv):
-    parser = argparse.ArgumentParser()
-    add_evaluate_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    """Parse and run one command; a user's mistake raises (`minillm.cli.main` would print it)."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -228,15 +223,22 @@ def test_cli_writes_json(hf_dir, tmp_path, capsys):
         _run_cli(["evaluate", "--checkpoint", str(hf_dir), "--tasks", "hellaswog"])
 
 
-def test_load_checkpoint_minillm_folder(tmp_path, tok):
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=16, d_model=16, n_layer=1, n_head=2))
-    model.save(tmp_path)
-    tok.save(tmp_path / "tokenizer.json")
-    loaded, loaded_tok = load_checkpoint(str(tmp_path))
-    assert not loaded.training and loaded_tok.encode("hi there") == tok.encode("hi there")
-    torch.testing.assert_close(loaded.tok_emb.weight, model.tok_emb.weight)
+def test_cli_evaluates_a_minillm_checkpoint(tmp_path, tok):
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=64, d_model=16, n_layer=1, n_head=2)).eval()
+    folder = tmp_path / "model"
+    model.save(folder)
+    tok.save(folder / TOKENIZER_FILE)
+    out = tmp_path / "results.json"
+    assert _run_cli(["evaluate", "--checkpoint", str(folder), "--tasks", "arc-easy", "--limit", "3", "--method",
+                     "both", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    expected = evaluate_tasks(model, tok, ["arc-easy"], limit=3, methods=("loglik", "letter"), progress=False)
+    assert results.keys() == expected.keys() == {"arc-easy", "arc-easy/letter"}
+    for task in expected:  # the same weights: the same accuracies, and the same letter_mass (a probability)
+        assert results[task] == pytest.approx(expected[task], rel=1e-5)
+    assert 0 < results["arc-easy/letter"]["letter_mass"] < 1
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        load_checkpoint(str(tmp_path / "missing"))
+        _run_cli(["evaluate", "--checkpoint", str(tmp_path / "missing"), "--tasks", "arc-easy"])
 
 
 def test_benchmark_runs(capsys):

@@ -8,9 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minillm.checkpoint import load_model
+from minillm.classify import GPTClassifier
+from minillm.cli import build_parser
+from minillm.data import download
 from minillm.instruct import (
     CHAT_TOKENS,
     IGNORE_INDEX,
+    InstructionDataset,
     add_special_tokens,
     encode_example,
     extract_response,
@@ -22,7 +27,7 @@ from minillm.instruct import (
     resize_vocab,
 )
 from minillm.model import GPT, GPTConfig
-from minillm.tokenizer import BPETokenizer
+from minillm.tokenizer import TOKENIZER_FILE, BPETokenizer
 
 EXAMPLE = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
 
@@ -47,7 +52,7 @@ def test_alpaca_and_chat_prompts_by_hand():
     assert format_prompt(EXAMPLE, "chat") == "<|user|>\nAdd the numbers.\n\n2 and 3<|end|>\n<|assistant|>\n"
     with pytest.raises(ValueError, match="template"):
         format_prompt(EXAMPLE, "llama")
-    with pytest.raises(KeyError, match="instruction"):
+    with pytest.raises(ValueError, match="instruction"):
         format_prompt({"input": "x"})
 
 
@@ -121,29 +126,48 @@ def test_extract_response():
     assert extract_response("<|user|>\nhi<|end|>\n<|assistant|>\nhello<|end|>", "chat") == "hello"
 
 
-def test_generate_response_is_greedy_until_the_end_token(tokenizer):
-    torch.manual_seed(0)
-    model = tiny_gpt(tokenizer.vocab_size)
-    end = tokenizer.special_tokens["<|endoftext|>"]
-    with torch.no_grad():  # make the end token likely after a few steps
-        model.lm_head.weight[end] *= 3
-    ids = tokenizer.encode(format_prompt(EXAMPLE))
+def greedy_until(model: GPT, ids: list[int], end: int, n: int) -> list[int]:
+    """Greedy decoding written out (a full forward pass each step) until `end`, at most `n` tokens."""
     seq, new = list(ids), []
-    with torch.no_grad():  # greedy decoding written out, full forward each step
-        for _ in range(20):
+    with torch.no_grad():
+        for _ in range(n):
             nxt = int(model(torch.tensor([seq]))[0][0, -1].argmax())
             if nxt == end:
                 break
             new.append(nxt)
             seq.append(nxt)
+    return new
+
+
+def test_generate_response_is_greedy_until_the_end_token(tokenizer):
+    torch.manual_seed(8)  # a seed (and scale) with which the end token comes after a few tokens of text
+    model = tiny_gpt(tokenizer.vocab_size)
+    end = tokenizer.special_tokens["<|endoftext|>"]
+    with torch.no_grad():  # make the end token likely after a few steps
+        model.lm_head.weight[end] *= 5
+    new = greedy_until(model, tokenizer.encode(format_prompt(EXAMPLE)), end, 20)
+    assert 0 < len(new) < 20 and tokenizer.decode(new).strip()  # it wrote something, then the end token
     assert generate_response(model, tokenizer, EXAMPLE, max_new_tokens=20) == tokenizer.decode(new).strip()
+    assert generate_response(model, tokenizer, EXAMPLE, max_new_tokens=4) == tokenizer.decode(new[:4]).strip()
+
+
+def test_chat_response_reads_the_markers_as_special_tokens(tokenizer):
+    chat_tok = add_special_tokens(tokenizer)
+    end = chat_tok.special_tokens["<|end|>"]
+    ids, n_prompt = encode_example(EXAMPLE, chat_tok, "chat")  # the prompt as in training ...
+    assert ids[0] == chat_tok.special_tokens["<|user|>"]  # ... <|user|> is one id, not its characters
+    torch.manual_seed(0)  # a seed (and scale) with which <|end|> comes after a few tokens of text
+    model = tiny_gpt(chat_tok.vocab_size)
+    with torch.no_grad():  # make the end token likely after a few steps
+        model.lm_head.weight[end] *= 5
+    new = greedy_until(model, ids[:n_prompt], end, 20)
+    assert 0 < len(new) < 20 and chat_tok.decode(new).strip()  # it wrote something, then <|end|>
+    assert generate_response(model, chat_tok, EXAMPLE, "chat", max_new_tokens=20) == chat_tok.decode(new).strip()
 
 
 def test_instruction_splits_and_loader(tokenizer):
     splits = instruction_splits(seed=123)
     assert {k: len(v) for k, v in splits.items()} == {"train": 935, "val": 55, "test": 110}
-    from minillm.data import download
-
     raw = json.loads((download("instruction") / "instruction-data.json").read_text())
     key = lambda r: json.dumps(r, sort_keys=True)
     assert sorted(key(r) for rows in splits.values() for r in rows) == sorted(key(r) for r in raw)
@@ -155,39 +179,28 @@ def test_instruction_splits_and_loader(tokenizer):
 
 
 def _checkpoint(tmp_path, tokenizer):
-    from minillm.checkpoint import write_checkpoint_files
-    from minillm.train import TrainConfig
-
+    """A model folder as `minillm.checkpoint.load_model` reads it: GPT.save + the tokenizer file."""
     directory = tmp_path / "base"
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=128, d_model=32, n_layer=2, n_head=4))
-    write_checkpoint_files(directory, model, tokenizer, TrainConfig(tokenizer="bpe"))
+    model.save(directory)
+    tokenizer.save(directory / TOKENIZER_FILE)
     return directory
 
 
 @pytest.mark.parametrize("task,extra", [("classify", ["--lora-rank", "2"]), ("instruct", ["--train-blocks", "1"])])
 def test_finetune_command(tmp_path, tokenizer, task, extra, capsys):
-    import argparse
-
-    from minillm.finetune import add_finetune_command
-
-    parser = argparse.ArgumentParser()
-    add_finetune_command(parser.add_subparsers(dest="command"))
     out = tmp_path / "out"
-    args = parser.parse_args(["finetune", "--task", task, "--checkpoint", str(_checkpoint(tmp_path, tokenizer)),
-                              "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                              *extra])  # fmt: skip
+    args = build_parser().parse_args(["finetune", "--task", task, "--checkpoint", str(_checkpoint(tmp_path, tokenizer)),
+                                      "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
+                                      *extra])  # fmt: skip
     assert args.func(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 2 and "loss" in results["test"]
-    assert (out / "metrics.jsonl").is_file() and (out / "model" / "tokenizer.json").is_file()
+    assert (out / "metrics.jsonl").is_file() and (out / "model" / TOKENIZER_FILE).is_file()
     if task == "classify":
-        from minillm.classify import GPTClassifier
-
         assert 0 <= results["test"]["accuracy"] <= 1 and (out / "adapter.safetensors").is_file()
         assert GPTClassifier.load(out / "model").labels == ("ham", "spam")
     else:
-        from minillm.checkpoint import load_model
-
         model, _ = load_model(out / "model")
         assert len(results["samples"]) == 3 and model.config.vocab_size == tokenizer.vocab_size
     with pytest.raises(FileExistsError):
@@ -195,8 +208,6 @@ def test_finetune_command(tmp_path, tokenizer, task, extra, capsys):
 
 
 def test_dataset_drops_examples_whose_prompt_fills_the_context(tokenizer):
-    from minillm.instruct import InstructionDataset
-
     rows = [EXAMPLE, {"instruction": "word " * 200, "input": "", "output": "x"}]
     n_prompt = encode_example(EXAMPLE, tokenizer)[1]
     data = InstructionDataset(rows, tokenizer, max_length=n_prompt + 1)

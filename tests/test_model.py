@@ -39,7 +39,7 @@ def test_config_validation_errors():
         tiny(positions="alibi")
     with pytest.raises(ValueError, match="n_layer"):
         tiny(n_layer=0)
-    with pytest.raises(KeyError, match="gpt2-medium"):
+    with pytest.raises(ValueError, match="gpt2-medium"):
         GPTConfig.from_preset("gpt5")
 
 

@@ -193,9 +193,9 @@ def test_energy_and_money_errors():
 
 
 def test_unknown_device_or_dtype():
-    with pytest.raises(KeyError, match="known devices"):
+    with pytest.raises(ValueError, match="known devices"):
         scaling.peak_flops("TPU9000")
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(ValueError, match="available"):
         scaling.peak_flops("V100", "bf16")
     with pytest.raises(ValueError, match="n_gpus"):
         scaling.estimate(1e6, 1e9, n_gpus=0)

@@ -92,7 +92,7 @@ def test_truthfulqa_reads_every_item():
 
 def test_load_task_and_chance():
     assert len(load_task("arc-challenge", limit=5)) == 5
-    with pytest.raises(KeyError, match="unknown task"):
+    with pytest.raises(ValueError, match="unknown task"):
         load_task("hellaswog")
     exs = [MCExample("a", "q", ["x", "y"], 0, "c", [" x", " y"]),
            MCExample("b", "q", ["x", "y", "z", "w"], 3, "c", [" x", " y", " z", " w"])]  # fmt: skip

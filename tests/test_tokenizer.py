@@ -15,12 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minillm import data
+from minillm.errors import ConfigError
 from minillm.tokenizer import (
+    TOKENIZER_FILE,
     BPETokenizer,
     CharTokenizer,
+    Tokenizer,
     bytes_to_text,
     gpt2_bytes_to_unicode,
+    load_tokenizer,
     text_to_bytes,
+    tokenizer_path,
 )
 
 EOT = "<|endoftext|>"
@@ -482,8 +487,6 @@ def test_benchmark_runs(capsys):
 
 
 def test_char_tokenizer_save_load_and_load_tokenizer_dispatch(tmp_path):
-    from minillm.tokenizer import load_tokenizer
-
     text = "To be, or not to be: that is the question. Ünïcödé ✓"
     char = CharTokenizer.from_text(text)
     char.save(tmp_path / "char.json")
@@ -503,3 +506,135 @@ def test_char_tokenizer_save_load_and_load_tokenizer_dispatch(tmp_path):
         load_tokenizer(tmp_path / "junk.json")
     with pytest.raises(FileNotFoundError, match="no tokenizer file"):
         load_tokenizer(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------- Tokenizer protocol
+PLAIN_TEXTS = ["To be, or not to be: that is the question.", "  spaces\tand\nnewlines  \n", "naïve café ✓"]
+
+
+@pytest.fixture(scope="module")
+def both_kinds(shakespeare) -> dict[str, Tokenizer]:
+    sample = shakespeare[:5000] + "".join(PLAIN_TEXTS) + EOT
+    return {"char": CharTokenizer.from_text(sample), "bpe": BPETokenizer.train(sample, 300)}
+
+
+def test_both_tokenizers_satisfy_the_protocol(both_kinds, gpt2):
+    for tok in [*both_kinds.values(), gpt2]:
+        assert isinstance(tok, Tokenizer)
+    assert not isinstance("not a tokenizer", Tokenizer)
+    assert both_kinds["char"].special_tokens == {}
+    assert both_kinds["bpe"].special_tokens == {EOT: 299}
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_protocol_behaves_the_same_on_plain_text(both_kinds, kind):
+    tok = both_kinds[kind]
+    for text in PLAIN_TEXTS:
+        ids = tok.encode_ordinary(text)
+        assert ids == tok.encode(text) == tok.encode(text, allowed_special="all", disallowed_special=())
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        assert tok.decode(ids) == text
+    # special-token text through encode_ordinary is ordinary text, for both kinds
+    ids = tok.encode_ordinary(f"a{EOT}b")
+    assert tok.decode(ids) == f"a{EOT}b" and len(ids) > 3
+
+
+def test_char_tokenizer_checks_special_keywords_like_bpe(both_kinds):
+    char, bpe = both_kinds["char"], both_kinds["bpe"]
+    assert char.encode("ab", allowed_special=set(), disallowed_special="all") == char.encode("ab")
+    for tok in (char, bpe):
+        with pytest.raises(TypeError, match="set"):
+            tok.encode("x", allowed_special=EOT)
+        with pytest.raises(ConfigError, match="unknown special"):
+            tok.encode("x", disallowed_special={"<|pad|>"})
+    with pytest.raises(ConfigError, match="no special tokens"):
+        char.encode("x", allowed_special={EOT})
+
+
+# ------------------------------------------------------ tokenizer files in folders
+def test_tokenizer_path_new_name_and_legacy_name(tmp_path):
+    bpe = BPETokenizer.train("hello world " * 20, 264)
+    bpe.save(tmp_path / TOKENIZER_FILE)
+    assert TOKENIZER_FILE == "minillm_tokenizer.json"
+    assert tokenizer_path(tmp_path) == tmp_path / TOKENIZER_FILE
+    assert load_tokenizer(tmp_path).encode("hello world") == bpe.encode("hello world")
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    CharTokenizer.from_text("abc").save(legacy / "tokenizer.json")  # what minillm wrote before
+    assert tokenizer_path(legacy) == legacy / "tokenizer.json"
+    assert isinstance(load_tokenizer(legacy), CharTokenizer)
+
+
+def test_hugging_face_tokenizer_json_is_not_ours(tmp_path):
+    hf_like = {"version": "1.0", "added_tokens": [], "pre_tokenizer": {"type": "ByteLevel"},
+               "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(hf_like))
+    assert tokenizer_path(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no minillm tokenizer"):
+        load_tokenizer(tmp_path)
+    # with ours beside it (what minillm.hf.export_hf writes), ours is found
+    CharTokenizer.from_text("xyz").save(tmp_path / TOKENIZER_FILE)
+    assert tokenizer_path(tmp_path) == tmp_path / TOKENIZER_FILE
+    assert load_tokenizer(tmp_path).encode("zyx") == [2, 1, 0]
+    other = tmp_path / "broken"
+    other.mkdir()
+    (other / "tokenizer.json").write_text("[1, 2")  # not JSON at all
+    assert tokenizer_path(other) is None
+
+
+# ------------------------------------------------------------------ to_tiktoken
+TIKTOKEN_TEXTS = {
+    "prose": PARITY_TEXTS["prose"] + " " + PARITY_TEXTS["contractions"],
+    "code": PARITY_TEXTS["code"] + "class A(B):\n    def __init__(self):\n        self.x = {'a': [1, 2]}\n",
+    "emoji": PARITY_TEXTS["emoji"],
+    "cjk": PARITY_TEXTS["cjk"] + PARITY_TEXTS["mixed"],
+    "whitespace": PARITY_TEXTS["spaces"] + PARITY_TEXTS["only_whitespace"] + PARITY_TEXTS["newlines"],
+    "special": f"first doc{EOT}second doc {EOT}{EOT}\n third",
+}
+
+
+@pytest.fixture(scope="module")
+def shakespeare_bpe(shakespeare) -> BPETokenizer:
+    return BPETokenizer.train(shakespeare[:200_000], 1024)
+
+
+@pytest.mark.parametrize("which", ["shakespeare", "gpt2"])
+def test_to_tiktoken_gives_the_same_ids(which, shakespeare_bpe, gpt2, shakespeare):
+    tok = shakespeare_bpe if which == "shakespeare" else gpt2
+    enc = tok.to_tiktoken()
+    assert isinstance(enc, tiktoken.Encoding) and enc.name == "minillm"
+    assert enc.n_vocab == tok.vocab_size and enc._special_tokens == tok.special_tokens
+    for name, text in [*TIKTOKEN_TEXTS.items(), ("held out", shakespeare[-20_000:])]:
+        ids = tok.encode(text, allowed_special="all")
+        assert enc.encode(text, allowed_special="all") == ids, name
+        assert enc.encode_ordinary(text) == tok.encode_ordinary(text), name
+        assert enc.decode(ids) == text
+    with pytest.raises(ValueError):
+        enc.encode(TIKTOKEN_TEXTS["special"])  # disallowed by default in both
+
+
+def test_gpt2_mergeable_ranks_are_tiktokens(gpt2, enc):
+    assert gpt2.mergeable_ranks() == enc._mergeable_ranks
+    assert gpt2.to_tiktoken("gpt2-again").name == "gpt2-again"
+
+
+def test_gpt4_pattern_to_tiktoken(shakespeare):
+    tok = BPETokenizer.train(shakespeare[:20_000] + " 1234567 I'M", 400, pattern="gpt4")
+    enc = tok.to_tiktoken()
+    for text in TIKTOKEN_TEXTS.values():
+        assert enc.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+
+
+def test_to_tiktoken_refuses_what_it_cannot_express():
+    byte_vocab = [bytes([b]) for b in range(256)]
+    with pytest.raises(ConfigError, match="same bytes"):  # two merges make b"ab"
+        BPETokenizer(byte_vocab + [b"ab", b"ab"], [(97, 98, 256), (97, 98, 257)]).to_tiktoken()
+    with pytest.raises(ConfigError, match="neither a byte nor made by a merge"):
+        BPETokenizer(byte_vocab + [b"xyz"], []).to_tiktoken()
+    with pytest.raises(ConfigError, match="merge #1.*not greater"):  # b"abc" (256) made from b"ab" (257)
+        BPETokenizer(byte_vocab + [b"abc", b"ab"], [(97, 98, 257), (257, 99, 256)]).to_tiktoken()
+    with pytest.raises(ConfigError, match="made by 2 merges"):
+        BPETokenizer(byte_vocab + [b"ab"], [(97, 98, 256), (97, 98, 256)]).to_tiktoken()
+    with pytest.raises(ConfigError, match="pattern"):  # fine for `regex`, unknown to tiktoken
+        BPETokenizer(byte_vocab, [], pattern=r"(?r)\w+|\s").to_tiktoken()

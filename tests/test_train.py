@@ -137,7 +137,7 @@ def test_every_model_field_is_a_setting_so_a_llama_gqa_model_trains_from_presets
     assert apply_overrides(c, {"model.n_layer": "3"}).model.n_layer == 3  # dotted names work too
     with pytest.raises(ConfigError, match="'norm' needs one of layernorm, rmsnorm, got 'batchnorm'"):
         apply_overrides(c, {"norm": "batchnorm"})
-    with pytest.raises(ConfigError, match="'strategy' needs one of single, ddp, fsdp"):
+    with pytest.raises(ConfigError, match="'strategy' needs one of auto, single, ddp, fsdp"):
         apply_overrides(c, {"strategy": "zero9"})
     with pytest.raises(ConfigError, match="divisible by n_kv_head"):
         apply_overrides(c, {"n_kv_head": "3"})

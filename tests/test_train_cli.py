@@ -1,7 +1,9 @@
-"""`python -m minillm train | generate | quickstart`: in-process and in real subprocesses."""
+"""`python -m minillm train | generate | quickstart | export`: in-process and in real subprocesses."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -9,10 +11,12 @@ import sys
 import time
 
 import pytest
+import torch
 
 from minillm import checkpoint as ckpt
 from minillm.cli import main
 from minillm.monitor import read_metrics
+from minillm.tokenizer import TOKENIZER_FILE
 
 TINY = ["--data", "the-verdict", "--n-layer", "1", "--n-head", "2", "--d-model", "32", "--context-length", "16",
         "--batch-size", "4", "--eval-batches", "2", "--sample-tokens", "0", "--device", "cpu",
@@ -34,7 +38,7 @@ def test_train_then_generate(tmp_path, capsys):
     assert code == 0, printed
     assert "val loss" in printed and str(out) in printed
     config = ckpt.read_config(out)
-    assert (config.max_steps, config.lr, config.n_layer, config.data) == (6, 3e-3, 1, "the-verdict")
+    assert (config.max_steps, config.lr, config.model.n_layer, config.data) == (6, 3e-3, 1, "the-verdict")
     assert [r["step"] for r in read_metrics(out)] == list(range(7))
     assert (out / "loss.png").is_file() and ckpt.latest_checkpoint(out).name == "step_0000006"
 
@@ -43,9 +47,15 @@ def test_train_then_generate(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0
     assert printed.count("--- sample") == 2 and printed.count("I had\n") == 2
+    # the same text as the library's complete(): generate prints minillm.generate.stream_text's pieces
+    from minillm.generate import complete
 
-    # Resume without --preset: the run's own settings, with a longer schedule.
-    code = main(["train", "--out", str(out), "--resume", "--max-steps", "8", "--no-progress"])
+    model, tokenizer = ckpt.load_model(out)
+    first = printed.split("--- sample 2 ---")[0].removeprefix("--- sample 1 ---\n")
+    assert first == "I had\n" + complete(model, tokenizer, "I had\n", 15, seed=1) + "\n"
+
+    # Resume without --preset: the run's own settings, with a longer schedule; underscores spell settings too.
+    code = main(["train", "--out", str(out), "--resume", "--max_steps", "8", "--no-progress"])
     assert code == 0, capsys.readouterr()
     assert ckpt.latest_checkpoint(out).name == "step_0000008"
 
@@ -53,18 +63,19 @@ def test_train_then_generate(tmp_path, capsys):
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'shakespeare'; choose one of gpt2-124m, quickstart, shakespeare-char" in err
-    with pytest.raises(SystemExit) as exc:
-        main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--learning-rate", "3"])
-    assert exc.value.code == 2
+    assert "unknown preset 'shakespeare' (did you mean shakespeare-char?)" in err
+    assert "choose one of gpt2-124m, quickstart, shakespeare-char" in err
+    assert main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--learning-rate", "3"]) == 2
     err = capsys.readouterr().err
-    assert "unknown setting --learning-rate" in err and "--lr" in err and "--max-steps" in err
+    assert "error: unknown setting --learning-rate" in err and "--lr" in err and "--max-steps" in err
     assert main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--max-steps", "ten"]) == 2
     assert "'max_steps' needs a int, got 'ten'" in capsys.readouterr().err
+    assert main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--schedule", "linear"]) == 2
+    assert "argument --schedule: invalid choice: 'linear'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "x")]) == 2
     assert "--preset" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tmp_path)]) == 2
-    assert "holds no checkpoint" in capsys.readouterr().err
+    assert "holds no model" in capsys.readouterr().err
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
@@ -75,9 +86,63 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 0
+    assert main([*args, "--overwrite", "--break-lock"]) == 0
     assert main(["train", "--out", str(out), "--resume", "--n-layer", "2", "--no-progress"]) == 2
     assert "'n_layer': (1, 2)" in capsys.readouterr().err
+
+
+def test_train_on_a_prepared_corpus_folder(tmp_path, capsys):
+    data = tmp_path / "verdict-char"
+    assert main(["prepare", "the-verdict", "--tokenizer", "char", "--out", str(data)]) == 0
+    out = tmp_path / "run"
+    tiny = [a if a != "the-verdict" else str(data) for a in TINY]  # --data DIR instead of the name
+    assert main(["train", "--preset", "shakespeare-char", "--out", str(out), "--max-steps", "3",
+                 "--eval-interval", "3", *tiny]) == 0, capsys.readouterr().err  # fmt: skip
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3]
+    assert ckpt.read_config(out).data == str(data)
+    model, tokenizer = ckpt.load_model(out)
+    summary = json.loads((data / "corpus.json").read_text())
+    assert tokenizer.vocab_size == model.config.vocab_size == summary["vocab_size"]
+
+
+def _tiny_run(tmp_path) -> tuple:
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "shakespeare-char", "--out", str(out), "--max-steps", "2",
+                 "--eval-interval", "2", *TINY]) == 0  # fmt: skip
+    return out, ckpt.load_model(out)
+
+
+def _same_logits(model, other) -> None:
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], other(idx)[0])
+
+
+def test_export_minillm(tmp_path, capsys):
+    run, (model, tokenizer) = _tiny_run(tmp_path)
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    assert {"model.safetensors", "config.json", TOKENIZER_FILE} <= {p.name for p in out.iterdir()}
+    loaded, loaded_tokenizer = ckpt.load_model(out)
+    _same_logits(model, loaded)
+    assert loaded_tokenizer.encode("I had") == tokenizer.encode("I had")
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 2  # never silently overwritten
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("minillm.hf") is None, reason="minillm.hf (export_hf) has not landed")
+def test_export_hf(tmp_path, capsys):
+    run, (model, tokenizer) = _tiny_run(tmp_path)
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--format", "hf"]) == 0
+    assert "no Hugging Face tokenizer" in capsys.readouterr().out  # a character tokenizer has no HF twin
+    assert {"model.safetensors", "config.json", TOKENIZER_FILE} <= {p.name for p in out.iterdir()}
+    loaded, loaded_tokenizer = ckpt.load_model(out)  # a Hugging Face folder, read back
+    _same_logits(model, loaded)
+    assert loaded_tokenizer.encode("I had") == tokenizer.encode("I had")
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--format", "hf"]) == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
@@ -113,6 +178,6 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert "def fibonacci(n):" in result.stdout and "--- completion 3 ---" in result.stdout
     assert (out / "loss.png").is_file() and (out / "metrics.jsonl").is_file()
     assert ckpt.latest_checkpoint(out).name == "step_0000002"
-    assert (ckpt.latest_checkpoint(out) / "tokenizer.json").is_file()
+    assert (ckpt.latest_checkpoint(out) / TOKENIZER_FILE).is_file()
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # never silently overwritten

@@ -1,0 +1,67 @@
+"""`evaluate`: score a model on multiple-choice benchmarks, a command of `python -m minillm` (chapter 08).
+
+    python -m minillm evaluate --checkpoint runs/base --tasks hellaswag,arc-easy --limit 200
+
+A thin layer over `minillm.harness` (`evaluate_tasks`, `format_table`), which
+runs the tasks of `minillm.tasks` with the scorers of `minillm.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from minillm.cli.common import add_command, load_model_arg
+
+ALL_TASKS = "hellaswag,arc-easy,arc-challenge,mmlu,truthfulqa-mc"
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add `evaluate` to the subcommands of `python -m minillm`."""
+    p = add_command(
+        commands, "evaluate",
+        help="score a checkpoint on multiple-choice benchmarks (HellaSwag, ARC, MMLU, TruthfulQA)",
+        description="Score a minillm checkpoint (or a Hugging Face GPT-2 folder) on multiple-choice "
+        "benchmarks by log-likelihood (acc, acc_norm per byte, acc_token per token) and/or by "
+        "answer-letter prompts; print a table with binomial standard errors and chance "
+        "accuracies, and write the results as JSON.",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder, or Hugging Face GPT-2 folder")
+    p.add_argument("--tasks", default=ALL_TASKS, help=f"comma-separated tasks (default: all five, {ALL_TASKS})")
+    p.add_argument("--limit", type=int, default=None, help="first N examples per task (MMLU: per subject)")
+    p.add_argument("--method", default="loglik", choices=["loglik", "letter", "both"],
+                   help="log-likelihood of the answers, answer letters, or both")  # fmt: skip
+    p.add_argument("--k-shot", type=int, default=0, help="MMLU: solved dev examples in each prompt (0-5)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--out", default="evaluation.json", help="JSON results file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`evaluate`: print the results table and write the JSON file."""
+    from minillm.device import resolve_device
+    from minillm.errors import ConfigError
+    from minillm.fileio import atomic_write
+    from minillm.harness import evaluate_tasks, format_table
+    from minillm.tasks import TASKS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ConfigError(f"unknown tasks {unknown}; --tasks takes a comma-separated list of {', '.join(TASKS)}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
+    device = resolve_device(args.device or "auto")
+    model, tokenizer = load_model_arg(args.checkpoint, device=device)
+    methods = ("loglik", "letter") if args.method == "both" else (args.method,)
+    report = evaluate_tasks(model, tokenizer, tasks, limit=args.limit, methods=methods, batch_size=args.batch_size,
+                            k_shot=args.k_shot, progress=not args.no_progress)  # fmt: skip
+    print(format_table(report))
+    out = Path(args.out)
+    meta = {"checkpoint": str(args.checkpoint), "limit": args.limit, "k_shot": args.k_shot, "device": str(device)}
+    atomic_write(out, json.dumps({"settings": meta, "results": report}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
