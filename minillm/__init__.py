@@ -113,6 +113,7 @@ _EXPORTS: dict[str, str] = {
     "CheckpointError": "errors",
     "CheckpointNotFoundError": "errors",
     "RunFolderError": "errors",
+    "StorageError": "errors",
     "LaunchError": "errors",
 }
 

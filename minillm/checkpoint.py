@@ -38,12 +38,10 @@ optimizer of a builder's own.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,8 +60,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from minillm.config import TrainConfig
 from minillm.distributed import DistContext
-from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunFolderError
-from minillm.fileio import atomic_path, atomic_write, fsync, fsync_tree
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunFolderError, StorageError
+from minillm.fileio import FolderLock, atomic_path, atomic_write, fsync, fsync_tree
 from minillm.model import GPT, GPTConfig, read_safetensors, save_weights
 from minillm.tokenizer import LEGACY_TOKENIZER_FILE, TOKENIZER_FILE, BPETokenizer, load_tokenizer, tokenizer_path
 
@@ -118,13 +116,14 @@ def staging_folder(root: Path, name: str) -> Path:
     return tmp
 
 
-def commit(tmp: Path, keep: int | None = None) -> Path:
+def commit(tmp: Path, keep: int | None = None, latest: bool = True) -> Path:
     """Make the staging folder `tmp` (`.NAME.tmp`) the checkpoint `NAME`, point `latest` at it, prune.
 
     The order makes every crash harmless: the files are flushed before the
     rename, the rename is atomic, and `latest` changes only once the folder is
     complete. A checkpoint of the same name (the same step saved again) is
     moved aside first and removed last. `keep`: newest checkpoints to keep.
+    `latest=False`: a model folder of its own (fine-tuning, caches): no pointer.
     """
     root, name = tmp.parent, tmp.name[1:].removesuffix(".tmp")
     final, old = root / name, root / f".{name}.old"
@@ -134,7 +133,8 @@ def commit(tmp: Path, keep: int | None = None) -> Path:
         os.replace(final, old)
     os.replace(tmp, final)
     fsync(root)
-    atomic_write(root / "latest", name + "\n")
+    if latest:
+        atomic_write(root / "latest", name + "\n")
     shutil.rmtree(old, ignore_errors=True)
     if keep is not None:
         for _, path in checkpoint_steps(root)[:-keep]:
@@ -158,75 +158,6 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 # ---------------------------------------------------------------------------
 # The run folder: lock, new run / resume / overwrite
 # ---------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive lock on a run folder (`.minillm.lock`, `fcntl.flock`), held while a run writes there.
-
-    The kernel releases it when the process dies, even by SIGKILL, so a lock
-    is never stale on one machine; the file left behind is free to take. The
-    holder deletes the file while still holding the lock, and a new holder
-    checks that the file it locked is still the one at the path, so two
-    processes can never both hold it. On a network file system without locks,
-    `break_lock()` removes a leftover file.
-    """
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.path = Path(folder) / LOCK_FILE
-        self.fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise RunFolderError(
-                    f"{self.path.parent} is in use by a live run ({holder}); wait for it, stop it, or choose "
-                    f"another --out. If no run is alive (e.g. on a network file system without locks), delete "
-                    f"{self.path} (python -m minillm train ... --break-lock)"
-                ) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # locked a file its holder deleted on release: take the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            self.path.unlink(missing_ok=True)  # while still holding it (see the class docstring)
-            os.close(self.fd)  # closing the last descriptor releases the lock
-            self.fd = None
-
-    def break_lock(self) -> None:
-        """Remove a leftover lock file; refused while a live process on this machine holds it."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(f"{self.path} is held by a live process; stop that run instead of breaking "
-                                 "its lock") from None  # fmt: skip
-        finally:
-            os.close(fd)
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def read_config(path: str | os.PathLike) -> TrainConfig:
@@ -337,13 +268,26 @@ def save(run_dir: str | os.PathLike, step: int, model: GPT, optimizer: torch.opt
     else:
         state["optimizer"] = optimizer.state_dict()
         full = model.state_dict()
+    error = None
     if ctx.is_main:
-        save_weights(tmp, model.config, full)
-        tokenizer.save(tmp / TOKENIZER_FILE)
-        atomic_write(tmp / "train_config.json", config.to_json())
-        with atomic_path(tmp / TRAINER_FILE) as path:
-            torch.save(state, path)
-        commit(tmp, keep=config.keep_checkpoints)
+        try:
+            save_weights(tmp, model.config, full)
+            tokenizer.save(tmp / TOKENIZER_FILE)
+            atomic_write(tmp / "train_config.json", config.to_json())
+            with atomic_path(tmp / TRAINER_FILE) as path:
+                torch.save(state, path)
+            commit(tmp, keep=config.keep_checkpoints)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = latest_checkpoint(run_dir)
+            error = StorageError(f"could not save checkpoint {name} in {root} ({err}); "
+                                 + (f"the last checkpoint, {kept.name}, is intact. " if kept else "")
+                                 + "Free some space (or fix the permissions), then continue with --resume")
+    if ctx.distributed:  # every rank stops, not only rank 0
+        message = ctx.broadcast(None if error is None else str(error))
+        error = error or (StorageError(message) if message else None)
+    if error is not None:
+        raise error
     ctx.barrier()
     return root / name
 
@@ -439,16 +383,22 @@ def model_folder(path: str | os.PathLike) -> Path:
                                       "checkpoint folder, or a Hugging Face model folder")  # fmt: skip
     if (path / "config.json").is_file():
         return path
+    if (path / "model" / "config.json").is_file():  # a fine-tuning run: its final model
+        return path / "model"
     checkpoint = latest_checkpoint(path)
     if checkpoint is None:
         raise CheckpointNotFoundError(f"{path} holds no model (no config.json, no {CHECKPOINTS}/latest)")
+    if not (checkpoint / "config.json").is_file():
+        raise CheckpointNotFoundError(f"{path} is an unfinished fine-tuning run (its checkpoints hold training "
+                                      "state, not a model folder); finish it with `python -m minillm finetune "
+                                      f"--out {path} --resume`")  # fmt: skip
     return checkpoint
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Any]:
     """(model in eval mode, tokenizer) from a run folder, a checkpoint, an export or a Hugging Face folder.
 
-    * a run folder (`--out` of train or finetune): its latest checkpoint;
+    * a run folder: `--out` of train (its latest checkpoint) or of finetune (its `model/`);
     * a minillm checkpoint or model folder: `config.json` + `model.safetensors` + minillm's tokenizer;
     * a Hugging Face folder (`config.json` with a `model_type`, e.g. written by
       `minillm.hf.export_hf` or `save_pretrained`): `GPT.from_pretrained`, with
@@ -499,6 +449,25 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike)
                 shutil.copyfile(source / name, tmp)
     load_tokenizer(source).save(out / TOKENIZER_FILE)
     return out
+
+
+def save_model_folder(folder: str | os.PathLike, model: nn.Module, tokenizer: Any,
+                      run_config: TrainConfig | None = None) -> Path:  # fmt: skip
+    """Write a model folder `load_model` reads (weights, config, tokenizer) through the commit path.
+
+    `model` is anything with `save(directory)` (a `GPT`, a `GPTClassifier`).
+    The folder appears complete or not at all; an existing one is replaced.
+    """
+    folder = Path(folder)
+    tmp = staging_folder(folder.parent, folder.name)
+    try:
+        model.save(tmp)
+        tokenizer.save(tmp / TOKENIZER_FILE)
+        if run_config is not None:
+            atomic_write(tmp / "train_config.json", run_config.to_json())
+        return commit(tmp, latest=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -559,10 +528,15 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
     return int(state["step"])
 
 
+def run_lock(folder: str | os.PathLike) -> FolderLock:
+    """The lock of a run folder (`.minillm.lock`), held by the run that writes there."""
+    return FolderLock(Path(folder) / LOCK_FILE)
+
+
 @contextlib.contextmanager
-def locked(folder: str | os.PathLike, break_lock: bool = False) -> Iterator[RunLock]:
-    """Hold the run lock of `folder` for the duration of a `with` block (`break_lock`: remove a stale one first)."""
-    lock = RunLock(folder)
+def locked(folder: str | os.PathLike, break_lock: bool = False) -> Iterator[FolderLock]:
+    """Hold the run lock of `folder` during a `with` block; `break_lock`: remove a stale one first."""
+    lock = run_lock(folder)
     if break_lock:
         lock.break_lock()
     with lock:

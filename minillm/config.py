@@ -22,7 +22,10 @@ values are converted to the field's type (`apply_overrides`). Every field of
 the model is reachable that way (`n_kv_head`, `d_ff`, `rope_theta`, ...), so a
 Llama-style GQA model trains from the command line like any other. The one
 name both levels have, `vocab_size`, means the tokenizer's size to learn (the
-model's comes from the tokenizer at run time).
+model's comes from the tokenizer at run time). Every setting is checked when a
+config is made: NaN, infinite, negative or out-of-range values raise `ConfigError`
+naming the setting and what would work (`check_model_fields` for the model's,
+checked before a `GPTConfig` is built from them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -99,26 +103,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # read back from JSON
+            check_model_fields(self.model)
             self.model = GPTConfig(**self.model)
         if not isinstance(self.model, GPTConfig):
             raise ConfigError(f"model must be a GPTConfig, got {type(self.model).__name__}")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
-                     "log_interval", "keep_checkpoints"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name, choices in _choices().items():
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if self.precision == "fp16" and self.strategy == "fsdp":
-            raise ConfigError("precision fp16 with strategy fsdp is not supported; use precision bf16 "
-                              "(fp32's range, no loss scaling) or strategy ddp")  # fmt: skip
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
+        check_model_fields(dataclasses.asdict(self.model))  # what GPTConfig itself does not check (NaN, ...)
+        _check_run_fields(self)
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """This run's `GPTConfig` for a tokenizer of `vocab_size` tokens."""
@@ -169,6 +159,96 @@ def _choices() -> dict[str, tuple]:
     """{field: allowed values} for the `Literal` fields of `TrainConfig`."""
     hints = typing.get_type_hints(TrainConfig)
     return {name: typing.get_args(t) for name, t in hints.items() if typing.get_origin(t) is Literal}
+
+
+# ---------------------------------------------------------------------------
+# Checks: every setting, before anything is built
+# ---------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool): NaN and infinity are no setting's value."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(name: str, value: Any, ok: bool, wanted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _check_ints(fields: Any, names: tuple[str, ...], low: int, wanted: str, hints: dict[str, str]) -> None:
+    for name in names:
+        value = fields[name]
+        hint = f" ({hints[name]})" if name in hints else ""
+        _require(name, value, _is_int(value) and value >= low, wanted + hint)
+
+
+def check_model_fields(fields: dict[str, Any]) -> None:
+    """Raise `ConfigError` naming the first `GPTConfig` field (given as a dict) that cannot work.
+
+    Checked before a `GPTConfig` is made, so that the message names the field the
+    user set (`d_model 0` is about d_model, not the MLP width derived from it), and
+    for what `GPTConfig` leaves unchecked (a NaN epsilon, a negative rope_theta).
+    """
+    fields = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **fields}  # unset: the defaults
+    _check_ints(fields, ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "vocab_multiple"), 1,
+                "a positive integer", {"vocab_multiple": "1: no padding; 64 helps GPUs"})  # fmt: skip
+    for name, default in (("n_kv_head", "n_head"), ("d_ff", "the MLP's default width")):
+        value = fields[name]
+        _require(name, value, value is None or (_is_int(value) and value >= 1),
+                 f"a positive integer, or none for {default}")  # fmt: skip
+    for name, wanted in (("norm_eps", "a finite number > 0, e.g. 1e-5"),
+                         ("rope_theta", "a finite number > 0, e.g. 10000"),
+                         ("init_std", "a finite number > 0, e.g. 0.02")):  # fmt: skip
+        _require(name, fields[name], _is_real(fields[name]) and fields[name] > 0, wanted)
+    dropout = fields["dropout"]
+    _require("dropout", dropout, _is_real(dropout) and 0 <= dropout < 1, "a probability in [0, 1), e.g. 0 or 0.1")
+    for name in ("bias", "tie_embeddings", "pre_norm"):
+        _require(name, fields[name], isinstance(fields[name], bool), "true or false")
+
+
+def _check_run_fields(config: TrainConfig) -> None:
+    """Raise `ConfigError` naming the first `TrainConfig` field (not the model's) that cannot work."""
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    _check_ints(fields, ("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval",
+                         "keep_checkpoints", "vocab_size"), 1, "a positive integer", {})  # fmt: skip
+    _check_ints(fields, ("max_chars", "tokenizer_chars", "warmup_steps", "sample_tokens"), 0, "an integer >= 0",
+                {"max_chars": "0: the whole corpus", "tokenizer_chars": "0: the whole corpus",
+                 "sample_tokens": "0: no samples"})  # fmt: skip
+    _require("seed", config.seed, _is_int(config.seed) and 0 <= config.seed < 2**63, "an integer in [0, 2**63)")
+    lr, min_lr = config.lr, config.min_lr
+    _require("lr", lr, _is_real(lr) and lr > 0, "a finite number > 0, e.g. 1e-3")
+    _require("min_lr", min_lr, _is_real(min_lr) and 0 <= min_lr <= lr, f"a finite number in [0, lr={lr}]")
+    _require("val_fraction", config.val_fraction, _is_real(config.val_fraction) and 0 < config.val_fraction < 1,
+             "a fraction strictly between 0 and 1, e.g. 0.1")  # fmt: skip
+    _require("decay_fraction", config.decay_fraction, _is_real(config.decay_fraction)
+             and 0 <= config.decay_fraction <= 1, "a fraction in [0, 1], e.g. 0.2")  # fmt: skip
+    for name in ("beta1", "beta2"):
+        value = fields[name]
+        _require(name, value, _is_real(value) and 0 <= value < 1, "a number in [0, 1), e.g. 0.9 or 0.99")
+    for name, wanted in (("weight_decay", "a finite number >= 0, e.g. 0.1"),
+                         ("grad_clip", "a finite number >= 0 (0: no clipping), e.g. 1.0"),
+                         ("peak_tflops", "a finite number >= 0 (0: unknown)")):  # fmt: skip
+        _require(name, fields[name], _is_real(fields[name]) and fields[name] >= 0, wanted)
+    for name in ("compile", "activation_checkpointing", "reshard_after_forward"):
+        _require(name, fields[name], isinstance(fields[name], bool), "true or false")
+    for name in ("data", "data_files", "exclude_files", "sample_prompt", "device"):
+        _require(name, fields[name], isinstance(fields[name], str), "text")
+    _require("data", config.data, bool(config.data.strip()), "a data set name, 'files' or a prepared folder")
+    for name, choices in _choices().items():
+        _require(name, fields[name], fields[name] in choices, f"one of {', '.join(choices)}")
+    if config.tokenizer == "bpe" and config.vocab_size < 257:
+        raise ConfigError(f"vocab_size must be >= 257 for a BPE tokenizer (256 bytes and <|endoftext|>), "
+                          f"got {config.vocab_size}")  # fmt: skip
+    if config.data == "files" and not config.data_files.strip():
+        raise ConfigError("data 'files' needs data_files: glob(s) of UTF-8 text files, e.g. 'corpus/*.txt'")
+    if config.precision == "fp16" and config.strategy == "fsdp":
+        raise ConfigError("precision fp16 with strategy fsdp is not supported; use precision bf16 "
+                          "(fp32's range, no loss scaling) or strategy ddp")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
@@ -289,6 +369,7 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
         setting = known[name]
         parsed = parse_value(setting, value) if isinstance(value, str) else value
         (model_changes if setting.owner == "model" else run_changes)[name] = parsed
+    check_model_fields({**dataclasses.asdict(config.model), **model_changes})  # names the field the user set
     try:
         model = dataclasses.replace(config.model, **model_changes)
         return dataclasses.replace(config, model=model, **run_changes)

@@ -107,8 +107,26 @@ def build_tokenizer(config: TrainConfig, docs: list[str]) -> Tokenizer:
     return BPETokenizer.from_gpt2()
 
 
+def check_data_settings(config: TrainConfig) -> None:
+    """Raise `ConfigError` for data settings that the corpus would silently ignore.
+
+    `data_files` is read only with data "files", `exclude_files` only with the
+    python-stdlib corpus; a prepared folder's data settings come from its own
+    corpus.json. Cheap (no file is read): the command line calls it before a run starts.
+    """
+    if is_prepared(config.data):
+        return
+    if config.data_files.strip() and config.data != "files":
+        raise ConfigError(f"data_files is read only with data 'files', not {config.data!r}; pass --data files "
+                          f"to train on {config.data_files!r}, or set data_files to '' (--data-files '')")  # fmt: skip
+    if config.exclude_files.strip() and config.data != STDLIB:
+        raise ConfigError(f"exclude_files works on the {STDLIB!r} corpus (files with headers), not {config.data!r}; "
+                          "set exclude_files to '' (--exclude-files '') for any other corpus")
+
+
 def read_documents(config: TrainConfig) -> Iterable[str]:
     """The corpus' documents (streamed for files and FineWeb-Edu), cut to `max_chars` characters in total."""
+    check_data_settings(config)
     if config.data == "files":
         return _take(_read_files(_file_paths(config)), config.max_chars)
     if config.data == "fineweb-edu":
@@ -134,7 +152,7 @@ def exclude_files(text: str, config: TrainConfig) -> str:
 def _file_paths(config: TrainConfig) -> list[str]:
     """The files `config.data_files` (comma-separated globs) names, sorted; none found is an error."""
     paths = sorted({p for pattern in config.data_files.split(",") if pattern.strip()
-                    for p in glob.glob(pattern.strip(), recursive=True)})  # fmt: skip
+                    for p in glob.glob(pattern.strip(), recursive=True) if os.path.isfile(p)})  # fmt: skip
     if not paths:
         raise FileNotFoundError(f"data='files' found no files for data_files={config.data_files!r}; "
                                 "give glob patterns such as 'corpus/*.txt' (comma-separated)")  # fmt: skip

@@ -21,10 +21,14 @@ removal). The command ``python -m minillm curate`` wraps it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -98,8 +102,18 @@ def _nbytes(ds) -> int:
     return int(sum(ds["bytes"])) if len(ds) else 0
 
 
+def _nothing_left(ds, name: str, steps: list[StepReport]) -> bool:
+    """Report a step that has no documents to work on (an earlier step removed them all)."""
+    if len(ds):
+        return False
+    steps.append(StepReport(name, 0, 0, 0, 0))
+    return True
+
+
 def _drop(ds, name: str, num_proc: int | None, reason_of: Callable[[str], str], steps: list[StepReport]):
     """Run a filtering step: compute a reason per row ("" keeps it), filter, and report."""
+    if _nothing_left(ds, name, steps):
+        return ds
     start, docs_in, bytes_in = time.perf_counter(), len(ds), _nbytes(ds)
     ds = ds.map(lambda r: {"_why": reason_of(r["text"])}, num_proc=num_proc, desc=name)
     removed: Counter[str] = Counter()
@@ -117,6 +131,8 @@ def _drop(ds, name: str, num_proc: int | None, reason_of: Callable[[str], str], 
 
 def _transform(ds, name: str, num_proc: int | None, fn: Callable[[str], str], steps: list[StepReport]):
     """Run a rewriting step (documents stay, bytes change) and report it."""
+    if _nothing_left(ds, name, steps):
+        return ds
     start, bytes_in = time.perf_counter(), _nbytes(ds)
     ds = ds.map(lambda r: {"text": (t := fn(r["text"])), "bytes": len(t.encode("utf-8"))},
                 num_proc=num_proc, desc=name)
@@ -141,6 +157,8 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
     ``docs`` is a list of strings or a ``datasets.Dataset`` with a ``text``
     column. The result has columns ``text``, ``id`` (the row's position in the
     input) and ``bytes`` (UTF-8 length). ``progress`` shows ``datasets``' bars.
+    When a step removes every document, the later steps report 0 in and out
+    and the result is empty (the report says which rule removed what).
     """
     import datasets
 
@@ -155,9 +173,7 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
         raise TypeError("curate expects a list of str or a datasets.Dataset with a 'text' column")
     if not texts:
         raise DataError("curate needs at least one document")
-    bars = datasets.is_progress_bar_enabled()
-    (datasets.enable_progress_bars if progress else datasets.disable_progress_bars)()
-    try:
+    with datasets_progress(progress):
         ds = datasets.Dataset.from_dict({"text": texts, "id": list(range(len(texts))),
                                          "bytes": [len(t.encode("utf-8")) for t in texts]})
         steps: list[StepReport] = []
@@ -170,13 +186,13 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
         if cfg.perplexity_model is not None:
             lm, limit = cfg.perplexity_model, cfg.max_perplexity
             ds = _drop(ds, "perplexity", n, lambda t: "perplexity" if lm.perplexity(t) > limit else "", steps)
-        if cfg.exact_dedup:
+        if cfg.exact_dedup and not _nothing_left(ds, "exact_dedup", steps):
             start = time.perf_counter()
             keys = ds.map(lambda r: {"_key": exact_key(r["text"])}, num_proc=n, desc="exact dedup")["_key"]
             first: dict[str, int] = {}
             keep = [first.setdefault(k, i) for i, k in enumerate(keys) if k not in first]
             ds = _select(ds, "exact_dedup", keep, "exact_duplicate", steps, start)
-        if cfg.near_dedup_threshold:
+        if cfg.near_dedup_threshold and not _nothing_left(ds, "near_dedup", steps):
             start, hasher = time.perf_counter(), MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed)
             sig = ds.map(lambda b: {"_sig": hasher.signatures(b["text"])}, batched=True, batch_size=1000,
                          num_proc=n, desc="minhash")["_sig"]
@@ -188,11 +204,26 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
             ds = _drop(ds, "decontaminate", n, lambda t: "+".join(sorted(dec.matches(t))), steps)
         if cfg.redact_pii:
             ds = _transform(ds, "redact_pii", n, redact_pii, steps)
-    finally:
-        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
     if not steps:
         steps.append(StepReport("none", len(ds), len(ds), _nbytes(ds), _nbytes(ds)))
     return ds, CurationReport(steps)
+
+
+@contextlib.contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    """Show (or hide) ``datasets``' progress bars inside the block; hidden also means its INFO and
+    WARNING log messages are. Both settings are put back afterwards."""
+    import datasets
+
+    bars, level = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    if not enabled:
+        datasets.logging.set_verbosity(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+        datasets.logging.set_verbosity(level)
 
 
 # ---------------------------------------------------------------------------
@@ -205,11 +236,11 @@ TEXT_SUFFIXES = (".txt", ".md", ".py", ".html", ".htm", ".rst")
 def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str = "text") -> list[str]:
     """Documents from files and folders (searched recursively for ``.jsonl``/``.json`` and text files).
 
-    JSON Lines rows give their ``text_field``; text files give one document per
-    ``file``, per ``paragraph`` (blank-line separated) or per ``line``.
+    JSON Lines rows give their ``text_field`` (a string); text files give one
+    document per ``file``, per ``paragraph`` (blank-line separated) or per
+    ``line``. A file that is not UTF-8, a line that is not JSON, or a row
+    without a text raises DataError naming the file and the line.
     """
-    from pathlib import Path
-
     if doc_per not in ("file", "paragraph", "line"):
         raise DataError(f"doc_per must be 'file', 'paragraph' or 'line', got {doc_per!r}")
     files: list[Path] = []
@@ -222,19 +253,46 @@ def read_documents(paths: Sequence[str], doc_per: str = "file", text_field: str 
             raise FileNotFoundError(f"input {p} does not exist; give files or folders of .txt/.jsonl documents")
     docs: list[str] = []
     for f in files:
-        try:
-            raw = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{f} is not valid UTF-8 ({err}); convert it or leave it out") from err
-        if f.suffix in (".jsonl", ".json"):
-            rows = json.loads(raw) if f.suffix == ".json" else [json.loads(x) for x in raw.splitlines() if x.strip()]
+        raw = _read_utf8(f)
+        if f.suffix == ".json":
+            rows = _json(raw, f, 0)
             for k, row in enumerate(rows if isinstance(rows, list) else [rows]):
-                if not isinstance(row, dict) or text_field not in row:
-                    raise DataError(f"{f} row {k} has no {text_field!r} field; choose one with --text-field")
-                docs.append(str(row[text_field]))
+                docs.append(_text_of(row, text_field, f"{f} item {k}"))
+        elif f.suffix == ".jsonl":
+            for line, text in enumerate(raw.split("\n"), start=1):
+                if text.strip():
+                    docs.append(_text_of(_json(text, f, line), text_field, f"{f} line {line}"))
         elif doc_per == "file":
             docs.append(raw)
         else:
             parts = raw.split("\n") if doc_per == "line" else regex.split(r"\n\s*\n", raw)
             docs += [p for p in parts if p.strip()]
     return docs
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path} line {line} is not valid UTF-8 (byte {data[err.start]:#04x} at offset "
+                        f"{err.start}); convert the file to UTF-8 or leave it out") from None  # fmt: skip
+
+
+def _json(text: str, path: Path, line: int) -> Any:
+    """Parse one JSON value: a whole .json file (`line` 0) or one line of a .jsonl file."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = f"line {line}" if line else f"line {err.lineno}"
+        raise DataError(f"{path} {where} is not valid JSON ({err.msg}, column {err.colno}); fix or remove "
+                        "it") from None  # fmt: skip
+
+
+def _text_of(row: Any, text_field: str, where: str) -> str:
+    if not isinstance(row, dict) or text_field not in row:
+        raise DataError(f"{where} has no {text_field!r} field; choose the field with --text-field")
+    if not isinstance(row[text_field], str):
+        raise DataError(f"{where}: {text_field!r} is {type(row[text_field]).__name__}, not a string")
+    return row[text_field]

@@ -16,6 +16,7 @@ keeps working in code written before this family existed.
     ├── CheckpointError(ValueError)        a checkpoint that is corrupt or does not match
     │   └── CheckpointNotFoundError(FileNotFoundError)
     ├── RunFolderError(FileExistsError)    a run folder in the way (not empty, or locked)
+    ├── StorageError(OSError)              a write that failed (disk full, quota, permissions)
     └── LaunchError(RuntimeError)          a distributed run launched the wrong way
 """
 
@@ -46,6 +47,10 @@ class RunFolderError(MinillmError, FileExistsError):
     """A run folder that cannot be used as asked: not empty, or held by another live run."""
 
 
+class StorageError(MinillmError, OSError):
+    """A file could not be written (disk full, quota, permissions); what was saved before is intact."""
+
+
 class LaunchError(MinillmError, RuntimeError):
     """A distributed run started the wrong way (e.g. `--strategy ddp` without `torchrun`)."""
 
@@ -58,4 +63,5 @@ __all__ = [
     "LaunchError",
     "MinillmError",
     "RunFolderError",
+    "StorageError",
 ]

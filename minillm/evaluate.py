@@ -20,6 +20,20 @@ Chapter 08 (`08_evaluation`) teaches each function of this module:
   A/B/C/D and the next-token logits over " A", " B", ... decide.
 * `binomial_stderr` puts an error bar on every accuracy.
 
+Examples longer than the model's context (`fit_context`). A small model
+(context 64 or 128 tokens) meets many: MMLU's header, a long HellaSwag
+ending. The policy is lm-evaluation-harness's: the context is cut from the
+LEFT and the whole continuation is kept, because the continuation is what is
+scored and the end of the context is what predicts it. A continuation of up
+to `context_length` tokens fits (the model reads at least one context token
+and all but the last continuation token); an example with a longer
+continuation (any of its choices) is skipped, since its choices could not be
+compared. Answer-letter prompts are cut from the left too (the scored token,
+the letter, always fits), so they are never skipped. Each `MCResult` counts
+its examples ``truncated`` and ``skipped``, and its accuracies and standard
+errors are over the scored examples only (``n``); a task whose examples are
+all skipped reports ``n = 0``, no accuracy (None) and a ``note`` saying why.
+
 Benchmark text is plain text: it is encoded with `tokenizer.encode_ordinary`
 (any `minillm.tokenizer.Tokenizer`, or a tiktoken encoding), so a
 "<|endoftext|>" inside a question is just characters.
@@ -35,6 +49,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +62,11 @@ from minillm.tokenizer import Tokenizer
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive number of sequences, got {batch_size!r}")
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -113,6 +133,7 @@ def perplexity(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor | np
     if window > model.config.context_length:
         raise DataError(f"window {window} is longer than the model's context length {model.config.context_length}")
     windows = sliding_windows(ids.numel(), window, stride or window)
+    _check_batch_size(batch_size)
     device, was_training = _device(model), model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
@@ -173,6 +194,24 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
     return whole[:n_context], whole[n_context:]
 
 
+def fit_context(context: list[int], continuation: list[int],
+                context_length: int) -> tuple[list[int], list[int]] | None:  # fmt: skip
+    """(context, continuation) as the model reads them, or None when the continuation does not fit.
+
+    The model reads context + continuation minus its last token (it predicts
+    every token from the ones before), so the pair fits when it has at most
+    `context_length` + 1 tokens. A longer pair keeps the whole continuation
+    and the last ``context_length + 1 - len(continuation)`` context tokens (the
+    context is cut from the left). A continuation longer than `context_length`
+    tokens leaves no room for even one context token to predict its first
+    token from: None.
+    """
+    room = context_length + 1 - len(continuation)  # context tokens that fit
+    if room < 1:
+        return None
+    return context[-room:], continuation
+
+
 @torch.no_grad()
 def loglikelihoods(model: torch.nn.Module, requests: Sequence[tuple[list[int], list[int]]],
                    batch_size: int = 16, progress: bool = False) -> list[float]:  # fmt: skip
@@ -182,16 +221,22 @@ def loglikelihoods(model: torch.nn.Module, requests: Sequence[tuple[list[int], l
     length, right-padded into batches of `batch_size` rows (padding comes after
     the scored tokens, so a causal model never sees it) and scored in one
     forward pass per batch. When context + continuation exceed the context
-    length, the context is cut from the left.
+    length, the context is cut from the left (`fit_context`); a continuation
+    longer than the context length raises `DataError` (`score_multiple_choice`
+    skips such examples instead).
     """
+    _check_batch_size(batch_size)
     t_max = model.config.context_length
+    fitted = []
     for ctx, cont in requests:
         if not cont:
             raise DataError("a continuation encodes to no tokens; every choice needs at least one token")
-        if len(cont) > t_max:
-            raise DataError(f"a continuation of {len(cont)} tokens does not fit the context length {t_max}")
         if not ctx:
             raise DataError("a context encodes to no tokens; the first token needs something to be predicted from")
+        pair = fit_context(ctx, cont, t_max)
+        if pair is None:
+            raise DataError(f"a continuation of {len(cont)} tokens does not fit the context length {t_max}")
+        fitted.append(pair[0] + pair[1])
     device, was_training = _device(model), model.training
     model.eval()
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
@@ -199,7 +244,7 @@ def loglikelihoods(model: torch.nn.Module, requests: Sequence[tuple[list[int], l
     batches = range(0, len(order), batch_size)
     for start in _progress(batches, len(batches), "log-likelihood", progress):
         rows = order[start : start + batch_size]
-        seqs = [(requests[i][0] + requests[i][1])[-(t_max + 1) :] for i in rows]
+        seqs = [fitted[i] for i in rows]
         width = max(len(s) - 1 for s in seqs)
         x = torch.zeros(len(rows), width, dtype=torch.long)  # (B, T) inputs, right-padded
         for r, s in enumerate(seqs):
@@ -229,10 +274,13 @@ def binomial_stderr(p: float, n: int) -> float:
 
 @dataclass
 class MCResult:
-    """Scores of a multiple-choice run; `predictions[metric]` has one chosen index per example.
+    """Scores of a multiple-choice run; `predictions[metric]` has one chosen index per scored example.
 
-    `scores[i]` holds example i's per-choice scores (summed log-likelihoods, or
-    letter logits for `method="letter"`).
+    `examples` are the scored examples and `scores[i]` holds example i's
+    per-choice scores (summed log-likelihoods, or letter logits for
+    `method="letter"`). `truncated`: how many of them had their context cut
+    from the left to fit `context_length`; `skipped`: the examples not scored
+    (an answer longer than the context), which no accuracy counts.
     """
 
     task: str
@@ -241,31 +289,69 @@ class MCResult:
     scores: list[list[float]]
     predictions: dict[str, list[int]]
     extra: dict[str, float] = field(default_factory=dict)
+    truncated: int = 0
+    skipped: list[MCExample] = field(default_factory=list)
+    context_length: int | None = None
+
+    def _check_scored(self) -> None:
+        if not self.examples:
+            raise DataError(f"{self.task or 'this task'}: no example was scored ({self.note()}); "
+                            "there is no accuracy to report")  # fmt: skip
 
     def accuracy(self, metric: str = "acc") -> float:
-        """Fraction of examples whose prediction under `metric` is the label."""
+        """Fraction of the scored examples whose prediction under `metric` is the label."""
         if metric not in self.predictions:
             raise KeyError(f"no metric {metric!r}; this result has {sorted(self.predictions)}")
+        self._check_scored()
         pred = self.predictions[metric]
         return sum(p == e.label for p, e in zip(pred, self.examples)) / len(self.examples)
 
-    def metrics(self) -> dict[str, float]:
-        """Every accuracy with its binomial standard error (`<metric>_stderr`), chance, n, extras."""
-        out: dict[str, float] = {}
+    def note(self) -> str:
+        """What the context length did to this task, in words ("" when every example fit whole)."""
+        total, n_skip = len(self.examples) + len(self.skipped), len(self.skipped)
+        ctx = f"the context of {self.context_length} tokens" if self.context_length else "the context"
+        if total and n_skip == total:
+            return f"all {total} examples skipped (each has an answer longer than {ctx}): no accuracy, n = 0"
+        parts = []
+        if self.truncated:
+            cut = "prompt" if self.method == "letter" else "context"
+            parts.append(f"{self.truncated} of {total} truncated ({cut} cut from the left to fit {ctx})")
+        if n_skip:
+            parts.append(f"{n_skip} of {total} skipped (an answer longer than {ctx}); "
+                         f"accuracies over the {len(self.examples)} scored")  # fmt: skip
+        return "; ".join(parts)
+
+    def metrics(self) -> dict[str, Any]:
+        """Every accuracy with its binomial standard error (`<metric>_stderr`), chance, n, counts, extras.
+
+        ``n`` is the number of scored examples (accuracies and standard errors
+        are over those); ``truncated`` and ``skipped`` count the examples that
+        did not fit whole (see the module docstring), and ``note`` says so in
+        words when either is nonzero. With no scored example, every accuracy,
+        standard error and ``chance`` is None.
+        """
+        out: dict[str, Any] = {}
+        n = len(self.examples)
         for metric in self.predictions:
-            acc = self.accuracy(metric)
-            out[metric], out[f"{metric}_stderr"] = acc, binomial_stderr(acc, len(self.examples))
-        return {**out, "chance": chance(self.examples), "n": len(self.examples), **self.extra}
+            acc = self.accuracy(metric) if n else None
+            out[metric] = acc
+            out[f"{metric}_stderr"] = binomial_stderr(acc, n) if n else None
+        out.update(chance=chance(self.examples) if n else None, n=n, truncated=self.truncated,
+                   skipped=len(self.skipped))  # fmt: skip
+        if self.note():
+            out["note"] = self.note()
+        return {**out, **self.extra}
 
     def by_subject(self, metric: str = "acc") -> dict[str, tuple[float, int]]:
-        """(accuracy, count) per `subject` of the examples (e.g. MMLU's 57), sorted by subject."""
+        """(accuracy, count) per `subject` of the scored examples (e.g. MMLU's 57), sorted by subject."""
         hits: dict[str, list[bool]] = defaultdict(list)
         for p, e in zip(self.predictions[metric], self.examples):
             hits[e.subject].append(p == e.label)
         return {s: (sum(h) / len(h), len(h)) for s, h in sorted(hits.items())}
 
     def macro_micro(self, metric: str = "acc") -> tuple[float, float]:
-        """(macro, micro) accuracy: mean over subjects, and over all examples."""
+        """(macro, micro) accuracy: mean over subjects, and over all scored examples."""
+        self._check_scored()
         per = self.by_subject(metric)
         return sum(a for a, _ in per.values()) / len(per), self.accuracy(metric)
 
@@ -281,16 +367,26 @@ def score_multiple_choice(model: torch.nn.Module, tokenizer: Tokenizer, examples
     Returns an `MCResult` with predictions for ``acc`` (summed log-likelihood),
     ``acc_norm`` (per byte of the continuation) and ``acc_token`` (per token).
     The choices of many examples share a forward pass (`batch_size` rows).
+    Examples longer than the model's context are cut from the left or skipped
+    (see `fit_context`); the result counts both.
     """
     if not examples:
         raise DataError("no examples to score")
-    requests, spans = [], []
+    _check_batch_size(batch_size)
+    t_max = model.config.context_length
+    scored, skipped, requests, spans, truncated = [], [], [], [], 0
     for ex in examples:
-        spans.append((len(requests), len(ex.continuations)))
-        requests.extend(encode_pair(tokenizer, ex.context, c) for c in ex.continuations)
-    lls = loglikelihoods(model, requests, batch_size=batch_size, progress=progress)
+        pairs = [encode_pair(tokenizer, ex.context, c) for c in ex.continuations]
+        if any(len(cont) > t_max for _, cont in pairs):
+            skipped.append(ex)  # its choices could not all be scored: the example is not compared at all
+            continue
+        truncated += any(len(ctx) + len(cont) > t_max + 1 for ctx, cont in pairs)
+        scored.append(ex)
+        spans.append((len(requests), len(pairs)))
+        requests.extend(pairs)
+    lls = loglikelihoods(model, requests, batch_size=batch_size, progress=progress) if requests else []
     scores, preds = [], {"acc": [], "acc_norm": [], "acc_token": []}
-    for ex, (first, n) in zip(examples, spans):
+    for ex, (first, n) in zip(scored, spans):
         ll = lls[first : first + n]
         n_bytes = [len(c.encode("utf-8")) for c in ex.continuations]
         n_tok = [len(requests[first + j][1]) for j in range(n)]
@@ -298,7 +394,8 @@ def score_multiple_choice(model: torch.nn.Module, tokenizer: Tokenizer, examples
         preds["acc"].append(_argmax(ll))
         preds["acc_norm"].append(_argmax([v / b for v, b in zip(ll, n_bytes)]))
         preds["acc_token"].append(_argmax([v / t for v, t in zip(ll, n_tok)]))
-    return MCResult(task, "loglik", list(examples), scores, preds)
+    return MCResult(task, "loglik", scored, scores, preds, truncated=int(truncated), skipped=skipped,
+                    context_length=t_max)  # fmt: skip
 
 
 def letter_ids(tokenizer: Tokenizer, n: int) -> list[int]:
@@ -318,15 +415,20 @@ def score_letters(model: torch.nn.Module, tokenizer: Tokenizer, examples: Sequen
                   batch_size: int = 16, task: str = "", progress: bool = False) -> MCResult:  # fmt: skip
     """Answer-letter prompting: the largest next-token logit among " A", " B", ... after `letter_prompt`.
 
-    `extra["letter_mass"]` is the mean probability the model puts on the valid
-    letters at all: near 0 means the model does not understand the format, and
-    its "choices" are noise.
+    A prompt longer than the model's context is cut from the left (its end,
+    "Answer:", is what the letter follows); the result counts those as
+    ``truncated``. `extra["letter_mass"]` is the mean probability the model
+    puts on the valid letters at all: near 0 means the model does not
+    understand the format, and its "choices" are noise.
     """
     if not examples:
         raise DataError("no examples to score")
+    _check_batch_size(batch_size)
     t_max, device, was_training = model.config.context_length, _device(model), model.training
     model.eval()
-    prompts = [tokenizer.encode_ordinary(letter_prompt(ex))[-t_max:] for ex in examples]
+    prompts = [tokenizer.encode_ordinary(letter_prompt(ex)) for ex in examples]
+    truncated = sum(len(p) > t_max for p in prompts)
+    prompts = [p[-t_max:] for p in prompts]
     scores, mass = [], []
     batches = range(0, len(examples), batch_size)
     for start in _progress(batches, len(batches), "letters", progress):
@@ -343,4 +445,5 @@ def score_letters(model: torch.nn.Module, tokenizer: Tokenizer, examples: Sequen
             mass.append(float(last.softmax(-1)[ids].sum()))
     model.train(was_training)
     preds = [_argmax(s) for s in scores]
-    return MCResult(task, "letter", list(examples), scores, {"acc": preds}, {"letter_mass": float(np.mean(mass))})
+    return MCResult(task, "letter", list(examples), scores, {"acc": preds}, {"letter_mass": float(np.mean(mass))},
+                    truncated=truncated, context_length=t_max)  # fmt: skip

@@ -136,6 +136,9 @@ def instruction_splits(seed: int = 123, fractions: tuple[float, float, float] = 
 def encode_example(example: dict, tokenizer: Tokenizer, template: str = "alpaca") -> tuple[list[int], int]:
     """(prompt + response + end token ids, number of prompt tokens).
 
+    The example needs a non-empty `instruction` and `output` (else DataError):
+    an empty answer would teach the model to stop at once.
+
     Prompt and response are encoded separately, so the prompt's ids are exactly
     those `generate_response` feeds the model. Special-token text inside the
     data is encoded as plain text; only the template's markers are special.
@@ -148,7 +151,11 @@ def encode_example(example: dict, tokenizer: Tokenizer, template: str = "alpaca"
         raise DataError(f"the tokenizer lacks the special tokens {missing}; add them with "
                          "add_special_tokens(tokenizer, ...) and grow the model with resize_vocab")  # fmt: skip
     prompt = _encode_template(format_prompt(example, template), tokenizer)
-    response = tokenizer.encode_ordinary(example.get("output", "")) + [specials[end]]
+    output = example.get("output")
+    if not isinstance(output, str) or not output.strip():
+        raise DataError(f"an instruction example needs a non-empty 'output' (the response to learn), got "
+                        f"{output!r}; drop or fix the example")  # fmt: skip
+    response = tokenizer.encode_ordinary(output) + [specials[end]]
     return prompt + response, len(prompt)
 
 
@@ -175,7 +182,12 @@ class InstructionDataset(Dataset):
 
     def __init__(self, examples: list[dict], tokenizer: Tokenizer, template: str = "alpaca",
                  max_length: int | None = None) -> None:  # fmt: skip
-        items = [encode_example(ex, tokenizer, template) for ex in examples]
+        items = []
+        for i, example in enumerate(examples):
+            try:
+                items.append(encode_example(example, tokenizer, template))
+            except DataError as err:
+                raise DataError(f"instruction example {i}: {err}") from None
         self.items = [it for it in items if max_length is None or it[1] < max_length]
         self.dropped = len(items) - len(self.items)
         if not self.items:

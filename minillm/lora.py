@@ -14,7 +14,7 @@ can be *merged*, W <- W + (alpha / r) B A, giving a plain linear layer that is
 exactly as fast as the original (and *unmerged* again).
 
 * `LoRAConfig`: rank, alpha, dropout and which layers (`targets`, name patterns);
-* `LoRALinear`: an `nn.Linear` plus its adapter;
+* `LoRALinear`: an `nn.Linear` plus its adapter (rank r <= min(in, out));
 * `inject_lora(model, config)`: wrap the matching linear layers, freeze the rest;
 * `merge_lora` / `unmerge_lora` / `remove_lora`: fold the adapters in or out;
 * `lora_state_dict`, `save_adapter`, `load_adapter`: only A and B (safetensors);
@@ -91,6 +91,7 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         LoRAConfig(rank=rank, alpha=alpha, dropout=dropout)  # validates the numbers
+        _check_rank(rank, base)  # before A and B are allocated
         self.base = base
         self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
         w = base.weight
@@ -131,6 +132,16 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
+def _check_rank(rank: int, layer: nn.Linear, name: str = "the layer") -> None:
+    """Raise ConfigError unless `rank` <= min(in, out) of `layer`: B A can have no higher rank than that,
+    so a larger rank only costs memory (and a huge one allocates until the machine gives up)."""
+    width = min(layer.in_features, layer.out_features)
+    if rank > width:
+        raise ConfigError(f"LoRA rank {rank} is larger than {name} ({layer.in_features} -> {layer.out_features}) "
+                          f"allows: an update B A of it has rank at most {width}; choose a rank <= {width} "
+                          "(typically 4 to 64)")  # fmt: skip
+
+
 def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
 
@@ -145,8 +156,9 @@ def inject_lora(model: nn.Module, config: LoRAConfig, freeze: bool = True) -> li
 
     With `freeze` (default), every other parameter of `model` stops receiving
     gradients, so only the adapters train (`count_parameters` shows how few).
-    Raises ValueError when no linear layer matches, listing the ones that exist,
-    or when the model already has adapters.
+    Raises ConfigError when no linear layer matches, listing the ones that exist,
+    when the model already has adapters, or when the rank exceeds a chosen
+    layer's smaller dimension; the model is then left unchanged.
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ConfigError("the model already has LoRA adapters; call remove_lora first or load into it")
@@ -156,6 +168,8 @@ def inject_lora(model: nn.Module, config: LoRAConfig, freeze: bool = True) -> li
         examples = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in linears})
         raise ConfigError(f"no linear layer matches targets {config.targets}; linear layers are named like "
                          f"{examples[:12]} (patterns match a full name, a '.'-suffix or a glob)")  # fmt: skip
+    for name in chosen:  # every layer is checked before any is changed
+        _check_rank(config.rank, model.get_submodule(name), name)
     if freeze:
         for p in model.parameters():
             p.requires_grad_(False)

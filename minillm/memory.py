@@ -30,12 +30,17 @@ and recomputes the rest during backward: one layer's worth at a time.
 
 `estimate_memory` applies these rules; `state_bytes` and `saved_activation_bytes`
 measure the same quantities on a real model, and the tests check that they agree.
+`check_fits` compares the estimate with what the device has free
+(`available_memory`) before a run allocates anything: `python -m minillm train`
+refuses a batch that would get the process killed for lack of memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -80,10 +85,12 @@ def count_parameters(config: GPTConfig) -> int:
 
 
 def _parameter_counts(config: GPTConfig) -> tuple[int, int]:
-    """(all parameters, one block's); a meta-device model: shapes only, built in milliseconds."""
+    """(all parameters, one block's); a one-block meta-device model: shapes only, built in milliseconds
+    whatever `n_layer` is (every block has the same parameters)."""
     with torch.device("meta"):
-        model = GPT(config)
-    return model.num_parameters(), sum(p.numel() for p in model.blocks[0].parameters())
+        model = GPT(dataclasses.replace(config, n_layer=1))
+    per_block = sum(p.numel() for p in model.blocks[0].parameters())
+    return model.num_parameters() + (config.n_layer - 1) * per_block, per_block
 
 
 def block_activation_bytes(config: GPTConfig, micro_batch: int, context: int | None = None,
@@ -162,6 +169,99 @@ def estimate_memory(
         optimizer=n * optimizer_bytes // (w if stage >= 1 else 1),
         activations=activation_bytes(config, micro_batch, context, precision, activation_checkpointing),
     )
+
+
+# ---------------------------------------------------------------------------
+# Will it fit?
+# ---------------------------------------------------------------------------
+
+
+def available_memory(device: torch.device | str = "cpu") -> int | None:
+    """Bytes `device` has free for a new run: CUDA's free memory (`torch.cuda.mem_get_info`), or for the
+    CPU the machine's available RAM (/proc/meminfo MemAvailable, or `os.sysconf`), capped by the
+    memory limit of this process' cgroup (a container). None where it cannot be known (MPS, ...)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    free = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            free = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    room = _cgroup_room()
+    return room if free is None else free if room is None else min(free, room)
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process' cgroup memory limit (v2, then v1); None without a limit."""
+    for limit, usage, stat in (("memory.max", "memory.current", "memory.stat"),
+                               ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                "memory/memory.stat")):  # fmt: skip
+        try:
+            root = "/sys/fs/cgroup/"
+            with open(root + limit, encoding="ascii") as fh:
+                text = fh.read().strip()
+            if text == "max" or int(text) >= 2**60:
+                return None
+            with open(root + usage, encoding="ascii") as fh:
+                used = int(fh.read())
+            with open(root + stat, encoding="ascii") as fh:  # page cache the kernel can drop counts as free
+                cache = next((int(line.split()[1]) for line in fh if line.split()[0] in
+                              ("inactive_file", "total_inactive_file")), 0)  # fmt: skip
+            return max(int(text) - used + cache, 0)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_fits(
+    config: GPTConfig,
+    *,
+    micro_batch: int,
+    context: int | None = None,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    strategy: str = "single",
+    world_size: int = 1,
+    activation_checkpointing: bool = False,
+    processes: int = 1,
+    available: int | None = None,
+    fraction: float = 0.9,
+) -> MemoryEstimate:
+    """The `estimate_memory` of one training step; `ConfigError` if it needs more than `fraction` of the
+    memory `device` has free (`available` bytes, or `available_memory(device)`).
+
+    Call it before allocating anything: a run that does not fit is killed by the
+    operating system (or fails with CUDA out-of-memory) only after it has started.
+    `processes`: how many processes of the run share this memory (the ranks of a
+    CPU run on one machine). Where the free memory cannot be known, nothing is refused.
+    The estimate leaves out the framework's own buffers, so a run it lets through
+    can still be too big; one it refuses cannot fit.
+    """
+    estimate = estimate_memory(config, strategy=strategy, world_size=world_size, micro_batch=micro_batch,
+                               context=context, precision=precision,
+                               activation_checkpointing=activation_checkpointing)  # fmt: skip
+    free = available_memory(device) if available is None else available
+    need = estimate.total * processes
+    if free is not None and need > fraction * free:
+        t = config.context_length if context is None else context
+        each = f" per process, {processes} processes" if processes > 1 else ""
+        raise ConfigError(
+            f"one training step needs about {_size(need)} (weights, gradients and optimizer state "
+            f"{_size(estimate.states)}, activations {_size(estimate.activations)} for a micro-batch of "
+            f"{micro_batch:,} x {t:,} tokens{each}), more than {fraction:.0%} of the {_size(free)} available on "
+            f"{torch.device(device)}. Lower batch_size (raise grad_accum to keep the tokens per step), shorten "
+            "context_length, use a smaller model, or turn on activation_checkpointing"
+        )
+    return estimate
 
 
 # ---------------------------------------------------------------------------

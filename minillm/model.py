@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from minillm.attention import AttentionConfig, KVCache, sinusoidal_positions
-from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, StorageError
 from minillm.fileio import atomic_path, atomic_write
 from minillm.layers import MLPS, NORMS, Block, make_norm
 
@@ -351,7 +351,12 @@ def save_weights(directory: str | os.PathLike, config: GPTConfig, state: dict[st
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
     with atomic_path(directory / "model.safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
+        try:
+            save_file(tensors, tmp, metadata={"format": "pt"})
+        except Exception as err:  # safetensors reports a full disk as its own SafetensorError
+            if isinstance(err, OSError) or "I/O error" in str(err):
+                raise StorageError(f"could not write {directory / 'model.safetensors'} ({err})") from err
+            raise
     atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     return directory
 

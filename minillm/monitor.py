@@ -16,16 +16,29 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from minillm.errors import ConfigError
+from minillm.errors import ConfigError, StorageError
 from minillm.fileio import atomic_path, atomic_write
 from minillm.scaling import DEVICES
 
 log = logging.getLogger(__name__)
+
+
+def _tqdm() -> Any:
+    """tqdm's class for this front end, imported on first use: `tqdm.auto` warns at import time in a
+    notebook without widgets, and a library import must print nothing."""
+    from tqdm.auto import tqdm
+
+    return tqdm
+
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str = "", unit: str = "step") -> Any:
+    """A tqdm progress bar (a text bar in a terminal, a widget in JupyterLab); `enabled=False` shows nothing."""
+    return _tqdm()(total=total, initial=initial, disable=not enabled, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def device_peak_flops(device: torch.device, precision: str, peak_tflops: float = 0.0) -> float | None:
@@ -75,23 +88,36 @@ class MetricsLog:
         """Append one record (and pass it to `on_step`)."""
         self.records.append(record)
         if self.fh is not None:
-            self.fh.write(json.dumps(record) + "\n")
-            self.fh.flush()
+            try:
+                self.fh.write(json.dumps(record) + "\n")
+                self.fh.flush()
+            except OSError as err:
+                raise StorageError(f"could not append to {self.out / 'metrics.jsonl'} ({err}); the last checkpoint "
+                                   "is intact: free some space, then continue with --resume (a torn last line "
+                                   "is dropped then)") from err  # fmt: skip
         if on_step is not None:
             on_step(record)
 
     def sample(self, step: int, text: str, verbose: bool) -> None:
         """Print a generated sample (if `verbose`) and append it to `samples.txt`."""
         if verbose:
-            tqdm.write(f"--- sample at step {step} ---\n{text}\n")
+            _tqdm().write(f"--- sample at step {step} ---\n{text}\n")
         if self.out is not None:
-            with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
-                fh.write(f"--- step {step} ---\n{text}\n\n")
+            try:
+                with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
+                    fh.write(f"--- step {step} ---\n{text}\n\n")
+            except OSError as err:
+                raise StorageError(f"could not append to {self.out / 'samples.txt'} ({err}); free some space, "
+                                   "then continue with --resume") from err  # fmt: skip
 
     def close(self) -> None:
-        """Close metrics.jsonl."""
+        """Close metrics.jsonl (a failed flush of a full disk was already reported by `write`)."""
         if self.fh is not None:
-            self.fh.close()
+            try:
+                self.fh.close()
+            except OSError:
+                pass
+            self.fh = None
 
 
 def read_metrics(path: str | os.PathLike, repair: bool = False) -> list[dict]:

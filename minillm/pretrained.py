@@ -11,17 +11,14 @@ a run can never serve a stale model.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from typing import Any
 
-from minillm.checkpoint import load_model
+from minillm.checkpoint import load_model, save_model_folder
 from minillm.config import TINY, TrainConfig, tiny_config
 from minillm.data import cache_dir
 from minillm.errors import ConfigError
-from minillm.fileio import atomic_write, fsync_tree
+from minillm.fileio import FolderLock
 from minillm.model import GPT
-from minillm.tokenizer import TOKENIZER_FILE
 from minillm.train import train
 
 
@@ -33,8 +30,9 @@ def config_digest(config: TrainConfig) -> str:
 def pretrained_tiny(name: str = "shakespeare-char", cache: bool = True, progress: bool = False) -> tuple[GPT, Any]:
     """A small pretrained (model, tokenizer): `TINY[name]` trained once and cached under `minillm.data.cache_dir()`.
 
-    `cache=False` always trains, in memory. Concurrent first calls are safe:
-    each trains into its own temporary folder and the first rename wins.
+    `cache=False` always trains, in memory. Concurrent first calls (two notebooks
+    run side by side) are safe and train once: the first holds a lock while it
+    trains and writes through the checkpoints' commit path; the others wait, then load.
     """
     if name not in TINY:
         raise ConfigError(f"unknown tiny model {name!r}; choose one of {sorted(TINY)}")
@@ -44,18 +42,11 @@ def pretrained_tiny(name: str = "shakespeare-char", cache: bool = True, progress
         return result.model, result.tokenizer
     target = cache_dir() / "pretrained" / f"{name}-{config_digest(config)}"
     if not (target / "model.safetensors").is_file():
-        result = train(config, None, progress=progress, verbose=False)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock = FolderLock(target.with_name(f".{target.name}.lock")).acquire(wait=True)  # one trains, others wait
         try:
-            result.model.save(tmp)
-            result.tokenizer.save(tmp / TOKENIZER_FILE)
-            atomic_write(tmp / "train_config.json", result.config.to_json())
-            fsync_tree(tmp)
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # not another process that got there first
-                raise
+            if not (target / "model.safetensors").is_file():  # not written while this process waited
+                result = train(config, None, progress=progress, verbose=False)
+                save_model_folder(target, result.model, result.tokenizer, result.config)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            lock.release()
     return load_model(target)

@@ -65,7 +65,7 @@ class Strategy:
     def start(config: TrainConfig) -> Strategy:
         """The strategy `config.strategy` names ("auto": ddp under torchrun), in torchrun's process group (if any)."""
         name = resolve_strategy(config.strategy)
-        if name != config.strategy:
+        if name != config.strategy and name != "single":
             log.info("strategy auto: %s (%s processes)", name, os.environ.get("WORLD_SIZE", "1"))
         ctx = init_distributed(config.device, name)
         try:

@@ -42,6 +42,7 @@ each block in backward (`minillm.memory.checkpoint_blocks`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -54,7 +55,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from minillm import checkpoint as ckpt
 from minillm.config import TrainConfig
@@ -65,10 +65,13 @@ from minillm.errors import DataError
 from minillm.generate import complete
 from minillm.memory import checkpoint_blocks
 from minillm.model import GPT
-from minillm.monitor import MetricsLog, device_peak_flops, mfu, plot_metrics
+from minillm.monitor import MetricsLog, device_peak_flops, mfu, plot_metrics, progress_bar
 from minillm.optim import lr_at, make_optimizer
 from minillm.strategy import Strategy
 from minillm.tokenizer import Tokenizer, load_tokenizer
+
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -239,7 +242,7 @@ def _train(strategy: Strategy, out: Path | None, resume: bool, overwrite: bool, 
     step = strategy.restore(checkpoint, model, optimizer, data_rng, scaler) if checkpoint is not None else 0
 
     result = TrainResult(model, tokenizer, step=step, out_dir=out, config=config)
-    log = MetricsLog(out if strategy.is_main else None, step)
+    metrics = MetricsLog(out if strategy.is_main else None, step)
     peak = device_peak_flops(device, "bf16" if precision == "fp16" else precision, config.peak_tflops)
     flops_per_token = model.flops_per_token(config.context_length)
 
@@ -252,18 +255,17 @@ def _train(strategy: Strategy, out: Path | None, resume: bool, overwrite: bool, 
             text = strategy.sample(net, model, lambda m: sample(m, tokenizer, config))
             if text is not None:
                 result.samples.append((step, text))
-                log.sample(step, text, verbose)
+                metrics.sample(step, text, verbose)
         model.train()
 
     def write(record: dict) -> None:
         result.history.append(record)
-        log.write(record, on_step)
+        metrics.write(record, on_step)
         if out is not None and strategy.is_main and "val_loss" in record and record["step"] > 0:
-            plot_metrics(log.records, out / "loss.png")  # refreshed at every evaluation
+            _plot(metrics.records, out / "loss.png")  # refreshed at every evaluation
 
-    stop = _StopRequest()
-    bar = tqdm(total=config.max_steps, initial=step, disable=not progress, desc="train", unit="step",
-               dynamic_ncols=True)  # fmt: skip
+    stop = StopRequest()
+    bar = progress_bar(config.max_steps, step, progress, desc="train")
     warmup = min(config.warmup_steps, config.max_steps)
     try:
         with stop.on_sigint():
@@ -320,11 +322,11 @@ def _train(strategy: Strategy, out: Path | None, resume: bool, overwrite: bool, 
                     break
     finally:
         bar.close()
-        log.close()
-    if out is not None and strategy.is_main and log.records:
-        plot_metrics(log.records, out / "loss.png")
-    if result.interrupted and verbose and out is not None:
-        print(f"stopped at step {step}; checkpoint saved in {out}; continue with resume=True (--resume)")
+        metrics.close()
+    if out is not None and strategy.is_main and metrics.records:
+        _plot(metrics.records, out / "loss.png")
+    if result.interrupted and out is not None and strategy.is_main:
+        log.info("stopped at step %d; checkpoint saved in %s; continue with resume=True (--resume)", step, out)
     result.seconds = time.perf_counter() - t_start
     model.eval()
     return result
@@ -343,6 +345,14 @@ def _record(step: int, loss: float, lr: float, norm: torch.Tensor | None, tokens
     return record
 
 
+def _plot(records: list[dict], path: Path) -> None:
+    """Refresh the loss plot; a plot that cannot be written (a full disk) is a warning, not the end of the run."""
+    try:
+        plot_metrics(records, path)
+    except OSError as err:
+        log.warning("could not write %s (%s); training goes on", path, err)
+
+
 def _nan_message(loss: float, step: int, lr: float, out: Path | None) -> str:
     kept = ckpt.latest_checkpoint(out) if out is not None else None
     where = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was written"
@@ -350,8 +360,11 @@ def _nan_message(loss: float, step: int, lr: float, out: Path | None) -> str:
             "Lower the learning rate, raise warmup_steps, keep grad_clip on, or use fp32 precision.")  # fmt: skip
 
 
-class _StopRequest:
-    """Ctrl-C (SIGINT) sets `requested`; the loop finishes its step, saves and stops. A second Ctrl-C aborts."""
+class StopRequest:
+    """Ctrl-C (SIGINT) sets `requested`; a loop finishes its step, saves and stops. A second Ctrl-C aborts.
+
+    Used by the pretraining loop here and the fine-tuning loop (`minillm.finetune`).
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -366,7 +379,7 @@ class _StopRequest:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort)", flush=True)
+            log.warning("Ctrl-C: finishing this step and saving a checkpoint (press again to abort)")
 
         previous = signal.signal(signal.SIGINT, handler)
         try:

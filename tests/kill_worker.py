@@ -12,7 +12,7 @@ reads one JSON command per line on stdin and answers one JSON line per event on 
         {"pid": N}; then, once told {"cmd": "reap"} (the child stays unreaped until then, so
         the test may kill its pid without a risk of reuse), {"status": S} (-9: killed by SIGKILL)
     {"cmd": "lock", "out": DIR}
-        fork a child that holds `RunLock(DIR)` and sleeps; answers as above
+        fork a child that holds `run_lock(DIR)` and sleeps; answers as above
     {"cmd": "quit"}
 
 The parent only imports (no torch op runs in it, it has one thread), so forking it is safe; each child
@@ -71,7 +71,7 @@ def run(out: str, overrides: dict, fsync_delay: float) -> None:
 
 
 def hold_lock(out: str) -> None:
-    ckpt.RunLock(out).acquire()
+    ckpt.run_lock(out).acquire()
     time.sleep(600)
 
 

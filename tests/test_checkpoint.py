@@ -393,7 +393,7 @@ def test_sigkill_of_a_two_rank_sharded_save_keeps_a_loadable_latest(tmp_path, sh
     logits, _ = model(x)
     assert logits.shape[:2] == x.shape and torch.isfinite(logits).all()
     assert_intact(foreign)
-    with ckpt.RunLock(out):  # both ranks are dead: the lock is free
+    with ckpt.run_lock(out):  # both ranks are dead: the lock is free
         pass
     print(f"sharded run killed after step {state['step']}; checkpoints/: {listing(out / 'checkpoints')}")
 
@@ -465,14 +465,14 @@ def test_a_live_holder_of_the_lock_stops_a_second_run_and_its_death_frees_it(tmp
 
 def test_a_second_lock_in_the_same_process_conflicts(tmp_path, cache_dir):
     out = tmp_path / "run"
-    with ckpt.RunLock(out) as held:
+    with ckpt.run_lock(out) as held:
         assert held.path.read_text().startswith(f"pid {os.getpid()} ")
         with pytest.raises(RunFolderError, match=f"pid {os.getpid()}.*break-lock"):
-            ckpt.RunLock(out).acquire()  # a new open file description: flock conflicts
+            ckpt.run_lock(out).acquire()  # a new open file description: flock conflicts
         with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
             quiet_train(tiny(max_steps=2), out)
     assert not (out / ".minillm.lock").exists()
-    with ckpt.RunLock(out):  # released: free again
+    with ckpt.run_lock(out):  # released: free again
         pass
 
 
@@ -481,7 +481,7 @@ def test_break_lock_removes_a_leftover_lock_file(tmp_path, cache_dir):
     out.mkdir()
     lock_file = out / ".minillm.lock"
     lock_file.write_text("pid 999999 on a-machine-that-crashed\n")
-    ckpt.RunLock(out).break_lock()
+    ckpt.run_lock(out).break_lock()
     assert not lock_file.exists()
     lock_file.write_text("pid 999999 on a-machine-that-crashed\n")
     with ckpt.locked(out, break_lock=True) as lock:
@@ -494,7 +494,7 @@ def test_break_lock_removes_a_leftover_lock_file(tmp_path, cache_dir):
 
 def test_the_lock_has_one_holder_when_a_run_ends_while_another_starts(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    first = ckpt.RunLock(out).acquire()
+    first = ckpt.run_lock(out).acquire()
     real_open = os.open
 
     def open_then_first_run_ends(*args, **kwargs):  # the first run ends between the second's open and flock
@@ -503,11 +503,11 @@ def test_the_lock_has_one_holder_when_a_run_ends_while_another_starts(tmp_path, 
         return fd
 
     monkeypatch.setattr(ckpt.os, "open", open_then_first_run_ends)
-    second = ckpt.RunLock(out).acquire()
+    second = ckpt.run_lock(out).acquire()
     monkeypatch.setattr(ckpt.os, "open", real_open)
     try:
         with pytest.raises(RunFolderError):
-            ckpt.RunLock(out).acquire().release()  # a third run while the second holds the lock
+            ckpt.run_lock(out).acquire().release()  # a third run while the second holds the lock
     finally:
         second.release()
 

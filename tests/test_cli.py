@@ -220,9 +220,11 @@ def test_command_line_mistakes_are_errors_with_exit_2(tmp_path, capsys):
     assert "unknown option --vocab-sise (did you mean --vocab-size?)" in capsys.readouterr().err
     assert main(["no-such-command"]) == 2
     assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
-    assert main(["generate", "--checkpoint", str(tmp_path), "--temperature", "nan"]) == 2
+    assert main(["generate", "--checkpoint", str(tmp_path), "--temperature", "nan"]) == 2  # refused while parsing
     err = capsys.readouterr().err
-    assert err.startswith("error: temperature must be a finite number") and "nan" in err
+    assert "error: argument --temperature: must be a finite number >= 0 (0: greedy), got 'nan'" in err
+    assert main(["generate", "--checkpoint", str(tmp_path), "--num-samples", "0"]) == 2
+    assert "error: argument --num-samples: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_library_logging_prints_plain_lines_on_rank_0_only(monkeypatch, capsys):

@@ -21,6 +21,7 @@ from minillm.quality import (
     strip_html,
 )
 from minillm.dedup import Decontaminator
+from minillm.errors import DataError
 
 GOOD = (
     "The harbour was quiet in the early morning, and the fishing boats rocked gently against the old "
@@ -296,3 +297,94 @@ def test_curate_command(tmp_path, capsys):
     assert _run(["curate", str(src), "--out", str(out), "--decontaminate", "--overwrite", "--no-pii",
                  "--no-quality", "--near-threshold", "0"]) == 0
     assert json.loads((out / "report.json").read_text())["docs_out"] == len(docs) - 1  # exact dedup only
+
+
+def test_read_documents_names_the_file_and_line_of_malformed_input(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "one"}\n\n{"text": "two"\n', encoding="utf-8")  # line 3 is cut short
+    with pytest.raises(DataError, match=r"rows\.jsonl line 3 is not valid JSON"):
+        read_documents([str(rows)])
+    rows.write_text('{"text": "one"}\n{"text": null}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"rows\.jsonl line 2: 'text' is NoneType, not a string"):
+        read_documents([str(rows)])
+    rows.write_text('{"text": "one"}\n["two"]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"rows\.jsonl line 2 has no 'text' field"):
+        read_documents([str(rows)])
+    whole = tmp_path / "all.json"
+    whole.write_text('[\n {"text": "one"},\n {"text": }\n]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"all\.json line 3 is not valid JSON"):
+        read_documents([str(whole)])
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("first line\nsecond: café\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt line 2 is not valid UTF-8 \(byte 0xe9"):
+        read_documents([str(latin)])
+    # a JSON string may hold U+2028 (a line separator to str.splitlines, not to JSON Lines)
+    rows.write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_documents([str(rows)]) == ["a\u2028b"]
+
+
+def test_curate_when_the_rules_remove_every_document():
+    ds, report = curate(["too short", "also short"], CurationConfig(decontaminate=_decontaminator()))
+    assert len(ds) == 0 and ds.column_names == ["text", "id", "bytes"]
+    steps = {s.step: s for s in report.steps}
+    assert list(steps) == ["normalize", "quality", "exact_dedup", "near_dedup", "decontaminate", "redact_pii"]
+    assert steps["quality"].removed == {"too_few_words": 2} and steps["quality"].docs_out == 0
+    for name in ("exact_dedup", "near_dedup", "decontaminate", "redact_pii"):
+        assert (steps[name].docs_in, steps[name].docs_out, steps[name].removed) == (0, 0, {})
+    assert report.to_dict()["docs_out"] == 0 and "too_few_words 2" in report.table()
+
+
+def _decontaminator() -> Decontaminator:
+    return Decontaminator({"evalset": ["the quick brown fox jumps over the lazy dog"]}, n=5)
+
+
+def test_curate_command_writes_an_empty_result_and_its_report(tmp_path, capsys):
+    src = tmp_path / "short.txt"
+    src.write_text("one short line\n\nanother short one\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert _run(["curate", str(src), "--out", str(out), "--doc-per", "paragraph", "--decontaminate", "none"]) == 0
+    assert (out / "curated.jsonl").read_text(encoding="utf-8") == ""
+    report = json.loads((out / "report.json").read_text())
+    assert (report["docs_in"], report["docs_out"]) == (2, 0)
+    quality = next(s for s in report["steps"] if s["step"] == "quality")
+    assert quality["removed"] == {"too_few_words": 2}
+    assert "decontaminate" not in [s["step"] for s in report["steps"]]  # 'none' skipped it
+    assert "every document was removed" in capsys.readouterr().out
+
+
+def test_curate_command_decontaminate_none_and_bad_input(tmp_path, capsys):
+    from minillm.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": GOOD}) + "\n", encoding="utf-8")
+    assert main(["curate", str(src), "--out", str(tmp_path / "a"), "--decontaminate", "None"]) == 0
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["docs_out"] == 1
+    assert main(["curate", str(src), "--out", str(tmp_path / "b"), "--decontaminate", "none", "arc"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    src.write_text(json.dumps({"text": GOOD}) + "\n{oops\n", encoding="utf-8")
+    assert main(["curate", str(src), "--out", str(tmp_path / "c"), "--decontaminate", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{src} line 2 is not valid JSON" in err and "Traceback" not in err
+
+
+def test_curate_command_keeps_datasets_quiet_while_reading_evaluation_sets(tmp_path, capfd, monkeypatch):
+    import datasets
+
+    from minillm.cli import main
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # nothing cached yet
+    datasets.enable_progress_bars()
+    datasets.logging.set_verbosity_info()
+    try:
+        src = tmp_path / "in.txt"
+        src.write_text(GOOD, encoding="utf-8")
+        assert main(["curate", str(src), "--out", str(tmp_path / "out"), "--decontaminate", "hellaswag"]) == 0
+        err = capfd.readouterr().err
+        assert "Downloading data" not in err and "Generating" not in err, err
+        assert "normalize" in err  # the pipeline's own steps keep their progress bars
+        # the settings are the caller's again afterwards
+        assert datasets.is_progress_bar_enabled() and datasets.logging.get_verbosity() == datasets.logging.INFO
+    finally:
+        datasets.logging.set_verbosity_warning()
+    steps = json.loads((tmp_path / "out" / "report.json").read_text())["steps"]
+    assert "decontaminate" in [s["step"] for s in steps]

@@ -1,5 +1,7 @@
 """minillm.evaluate and minillm.harness: scores against a tiny transformers GPT-2, by hand, and the
-`evaluate` command (`minillm.cli.evaluate`) on a Hugging Face GPT-2 folder and on a minillm checkpoint."""
+`evaluate` command (`minillm.cli.evaluate`) on a Hugging Face GPT-2 folder and on a minillm checkpoint.
+Examples longer than the context: truncated from the left (checked by hand), skipped, all skipped.
+(tests/test_harness.py: the command on tiny saved models, its flags, Ctrl-C.)"""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from minillm.evaluate import (
     Perplexity,
     binomial_stderr,
     encode_pair,
+    fit_context,
     letter_ids,
     loglikelihoods,
     perplexity,
@@ -24,6 +27,7 @@ from minillm.evaluate import (
     unigram_perplexity,
 )
 from minillm.cli import build_parser
+from minillm.errors import DataError
 from minillm.harness import evaluate_tasks, format_table
 from minillm.model import GPT, GPTConfig
 from minillm.tasks import MCExample, letter_prompt, load_arc, load_hellaswag, load_mmlu
@@ -105,6 +109,100 @@ def test_context_is_cut_from_the_left(model, hf, tok):
     kept = (ctx + cont)[-129:]  # 128 inputs predict the last 128 tokens
     expected = float(hf_logprobs(hf, kept)[-3:].sum())
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_fit_context_keeps_the_continuation_and_cuts_the_left():
+    assert fit_context([1, 2], [3], 16) == ([1, 2], [3])  # fits whole
+    assert fit_context(list(range(20)), [7, 8], 16) == (list(range(5, 20)), [7, 8])  # 15 + 2 = 17 tokens, 16 inputs
+    assert fit_context([1, 2, 3], [4] * 16, 16) == ([3], [4] * 16)  # the longest continuation that fits
+    assert fit_context([1, 2, 3], [4] * 17, 16) is None  # no room for a context token
+
+
+def _hand_loglik(model, context_ids: list[int], cont_ids: list[int]) -> float:
+    """Summed log p(continuation) after the context cut from the left by hand, from `model(...)` itself."""
+    kept = (context_ids + cont_ids)[-(model.config.context_length + 1) :]
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([kept[:-1]]))
+    logp = logits[0].double().log_softmax(-1)  # (T, V): row t predicts kept[t + 1]
+    first = len(kept) - 1 - len(cont_ids)  # the row predicting the continuation's first token
+    return sum(float(logp[first + j, t]) for j, t in enumerate(cont_ids))
+
+
+def test_truncated_example_scores_the_left_truncated_text(model, tok):
+    long_context = "A man walks his dog along the river every morning before work. " * 20  # ~280 tokens > 128
+    conts = [" The dog barks at the ducks.", " He drinks a cup of coffee."]
+    examples = [MCExample("long", "q", ["a", "b"], 1, long_context.strip(), conts),
+                MCExample("short", "q", ["a", "b"], 0, "The cat sat on the", [" mat.", " roof of the house."])]
+    result = score_multiple_choice(model, tok, examples, batch_size=3)
+    assert result.truncated == 1 and result.skipped == [] and len(result.examples) == 2
+    for ex, scores in zip(examples, result.scores):
+        ctx = tok.encode(ex.context)
+        expected = []
+        for c in ex.continuations:
+            cont = tok.encode(c)
+            assert tok.encode(ex.context + c) == ctx + cont  # the split is unambiguous
+            expected.append(_hand_loglik(model, ctx, cont))
+        np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=0)
+    assert len(tok.encode(examples[0].context)) > model.config.context_length  # really truncated
+    m = result.metrics()
+    assert (m["n"], m["truncated"], m["skipped"]) == (2, 1, 0)
+    assert "1 of 2 truncated" in m["note"]
+
+
+@pytest.fixture(scope="module")
+def small(tok):
+    """A random GPT with GPT-2's vocabulary and a context of 16 tokens."""
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=16, d_model=8, n_layer=1, n_head=2)).eval()
+
+
+def test_examples_whose_answer_does_not_fit_are_skipped_and_counted(small, tok):
+    long_answer = " " + " ".join(["word"] * 20)  # 20 tokens > 16
+    examples = [MCExample("fits", "q", ["a", "b"], 0, "Q: one\nA:", [" yes", " no"]),
+                MCExample("cut", "two " * 30, ["a", "b"], 1, "Q: " + "two " * 30 + "\nA:", [" yes", " no"]),
+                MCExample("skip", "q", ["a", "b"], 0, "Q: three\nA:", [" yes", long_answer])]
+    result = score_multiple_choice(small, tok, examples, batch_size=4)
+    assert [e.id for e in result.examples] == ["fits", "cut"] and [e.id for e in result.skipped] == ["skip"]
+    assert result.truncated == 1 and len(result.scores) == 2
+    assert all(len(p) == 2 for p in result.predictions.values())
+    m = result.metrics()
+    assert (m["n"], m["truncated"], m["skipped"]) == (2, 1, 1)
+    hits = sum(p == e.label for p, e in zip(result.predictions["acc"], examples[:2]))
+    assert m["acc"] == hits / 2 and m["acc_stderr"] == pytest.approx(binomial_stderr(hits / 2, 2))  # over the scored
+    assert "1 of 3 skipped" in m["note"] and "over the 2 scored" in m["note"]
+    # the scores of the scored examples are those of scoring them alone
+    alone = score_multiple_choice(small, tok, examples[:2], batch_size=1)
+    np.testing.assert_allclose(np.concatenate(alone.scores), np.concatenate(result.scores), atol=1e-5, rtol=0)
+    # letter prompts are cut from the left too (the long question), never skipped
+    letters = score_letters(small, tok, examples, batch_size=2)
+    assert len(letters.examples) == 3 and letters.skipped == [] and letters.truncated == 1
+
+
+def test_all_skipped_task_reports_n_0_with_a_note(tok):
+    tiny = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=4, d_model=8, n_layer=1, n_head=2)).eval()
+    report = evaluate_tasks(tiny, tok, ["hellaswag", "mmlu"], limit=2, progress=False)
+    hs = report["hellaswag"]  # every HellaSwag ending is longer than 4 tokens
+    assert (hs["n"], hs["skipped"], hs["truncated"]) == (0, 2, 0)
+    assert hs["acc"] is None and hs["acc_stderr"] is None and hs["chance"] is None
+    assert "all 2 examples skipped" in hs["note"] and "n = 0" in hs["note"]
+    mmlu = report["mmlu"]  # some MMLU answers fit in 4 tokens ("True", "2"): those examples are scored
+    assert mmlu["n"] + mmlu["skipped"] == 2 * 57 and mmlu["truncated"] == mmlu["n"]
+    json.dumps(report, allow_nan=False)  # None, not NaN: valid JSON
+    table = format_table(report)
+    assert "n/a" in table and "hellaswag: all 2 examples skipped" in table
+    result = score_multiple_choice(tiny, tok, load_hellaswag(limit=1))
+    with pytest.raises(DataError, match="no example was scored"):
+        result.accuracy()
+
+
+def test_scorers_reject_bad_batch_sizes(small, tok):
+    ex = [MCExample("x", "q", ["a", "b"], 0, "Q: one\nA:", [" yes", " no"])]
+    for batch_size in (0, -1):
+        for scorer in (score_multiple_choice, score_letters):
+            with pytest.raises(DataError, match="batch_size must be a positive"):
+                scorer(small, tok, ex, batch_size=batch_size)
+        with pytest.raises(DataError, match="batch_size"):
+            perplexity(small, [1, 2, 3], batch_size=batch_size)
 
 
 def test_encode_pair_moves_trailing_space(tok):

@@ -1,9 +1,16 @@
-"""Tests of minillm.classify and minillm.finetune: classifier head, spam splits, collate, freezing, the loop."""
+"""Tests of minillm.classify and minillm.finetune: classifier head, spam splits, collate, freezing, the loop,
+checkpoints, Ctrl-C and exact resume (library and `finetune` command)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,10 +26,13 @@ from minillm.classify import (
     spam_splits,
     stratified_splits,
 )
+from minillm.checkpoint import latest_checkpoint, read_trainer_state
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, RunFolderError
 from minillm.finetune import FinetuneConfig, evaluate_loader, finetune, set_trainable
 from minillm.lora import LoRAConfig, inject_lora
 from minillm.model import GPT, GPTConfig
 from minillm.optim import cosine_lr
+from minillm.tokenizer import TOKENIZER_FILE, BPETokenizer
 
 
 def tiny_gpt(vocab_size: int = 20, **kw) -> GPT:
@@ -198,3 +208,155 @@ def test_finetune_config_validation():
         FinetuneConfig(lr=1e-4, min_lr=1e-3)
     with pytest.raises(ValueError, match="schedule"):
         FinetuneConfig(schedule="linear")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints, Ctrl-C and exact resume
+# ---------------------------------------------------------------------------
+
+
+def _run_parts(lora: bool) -> tuple:
+    """The same model and loaders every call: dropout on (the RNG states matter), shuffled training data."""
+    torch.manual_seed(0)
+    model = GPTClassifier(tiny_gpt(dropout=0.1), 2)
+    if lora:
+        inject_lora(model, LoRAConfig(rank=2, dropout=0.1, targets=("attn.qkv", "mlp.fc")))
+        model.head.requires_grad_(True)
+    train = classification_loader(_synthetic(40, 0), IdTokenizer(), 16, batch_size=8, shuffle=True, seed=3)
+    val = classification_loader(_synthetic(16, 1), IdTokenizer(), 16, batch_size=8)
+    return model, train, val
+
+
+RESUME_CONFIG = FinetuneConfig(epochs=3, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=4, device="cpu")
+
+
+@pytest.mark.parametrize("lora,stop", [(False, 7), (True, 5)], ids=["full-mid-epoch", "lora-epoch-end"])
+def test_resume_continues_on_the_loss_curve_of_an_uninterrupted_run(tmp_path, one_thread, lora, stop):
+    model, train, val = _run_parts(lora)  # 5 batches per epoch, 15 steps
+    whole = finetune(model, train, val, RESUME_CONFIG, tmp_path / "whole", progress=False)
+    assert not whole.interrupted and whole.steps == 15
+
+    model, train, val = _run_parts(lora)
+    first = finetune(model, train, val, RESUME_CONFIG, tmp_path / "run", progress=False, stop_after=stop)
+    assert first.interrupted and first.steps == stop
+    folder = tmp_path / "run" / "checkpoints" / f"step_{stop:07d}"
+    assert latest_checkpoint(tmp_path / "run") == folder
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "trainer.pt", "finetune_config.json"}
+    state = read_trainer_state(folder)  # weights_only=True
+    assert (state["step"], state["epoch"], state["batches"]) == (stop, (stop - 1) // 5, (stop - 1) % 5 + 1)
+
+    torch.manual_seed(999)  # whatever happened in between: the checkpoint's RNG states take over
+    model, train, val = _run_parts(lora)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # and its weights
+    rest = finetune(model, train, val, RESUME_CONFIG, tmp_path / "run", progress=False, resume=True)
+    assert rest.steps == 15 and [r["step"] for r in rest.history] == list(range(stop + 1, 16))
+    got, want = first.history + rest.history, whole.history
+    for name in ("train_loss", "grad_norm", "val_loss", "val_accuracy"):
+        torch.testing.assert_close([r.get(name, 0.0) for r in got], [r.get(name, 0.0) for r in want],
+                                   rtol=0, atol=1e-6, msg=name)  # fmt: skip
+    for a, b in zip(model.state_dict().values(), whole.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    saved = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert saved == list(range(1, 16))  # each step once
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000015"
+    assert len(list((tmp_path / "run" / "checkpoints").glob("step_*"))) == 1  # keep_checkpoints=1
+
+
+def test_checkpoints_every_eval_interval_and_resume_refusals(tmp_path, one_thread):
+    from minillm.checkpoint import locked
+
+    model, train, val = _run_parts(False)
+    config = dataclasses.replace(RESUME_CONFIG, keep_checkpoints=5)
+    finetune(model, train, val, config, tmp_path, progress=False, stop_after=10)
+    steps = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert steps == ["step_0000004", "step_0000008", "step_0000010"]
+    with pytest.raises(RunFolderError, match="holds the checkpoints of a fine-tuning run"):
+        finetune(model, train, val, config, tmp_path, progress=False)  # a second run in the same folder
+    with pytest.raises(CheckpointError, match=r"other settings.*'lr': \(0\.003, 0\.01\)"):
+        finetune(model, train, val, dataclasses.replace(config, lr=1e-2), tmp_path, progress=False, resume=True)
+    other = classification_loader(_synthetic(48, 0), IdTokenizer(), 16, batch_size=8, shuffle=True)
+    with pytest.raises(CheckpointError, match="5 training batches per epoch, the loader now gives 6"):
+        finetune(model, other, val, config, tmp_path, progress=False, resume=True)
+    set_trainable(model, "head")
+    with pytest.raises(CheckpointError, match="optimizer state"):
+        finetune(model, train, val, config, tmp_path, progress=False, resume=True)
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint"):
+        finetune(model, train, val, config, tmp_path / "new", progress=False, resume=True)
+    with pytest.raises(ConfigError, match="out_dir"):
+        finetune(model, train, val, config, None, progress=False, resume=True)
+    with locked(tmp_path), pytest.raises(RunFolderError, match="in use by a live run"):
+        finetune(model, train, val, config, tmp_path, progress=False, resume=True)
+    set_trainable(model, "all")
+    resumed = finetune(model, train, val, dataclasses.replace(config, eval_interval=100), tmp_path, progress=False,
+                       resume=True)  # eval_interval may change  # fmt: skip
+    assert resumed.steps == 15 and resumed.history[0]["step"] == 11
+
+
+def _tiny_base(folder: Path) -> Path:
+    """A minillm model folder a `finetune` command reads: a tiny GPT and a byte-level tokenizer."""
+    GPT(GPTConfig(vocab_size=257, context_length=32, d_model=32, n_layer=2, n_head=4)).save(folder)
+    BPETokenizer.train("bytes only", 257).save(folder / TOKENIZER_FILE)
+    return folder
+
+
+def test_finetune_command_ctrl_c_saves_and_resume_completes(tmp_path, capsys, one_thread):
+    base, out = _tiny_base(tmp_path / "base"), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread is fastest, and never oversubscribed
+    command = [sys.executable, "-m", "minillm", "finetune", "--task", "classify", "--checkpoint", str(base),
+               "--out", str(out), "--max-steps", "120", "--batch-size", "4", "--eval-interval", "50",
+               "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=env)  # fmt: skip
+    seen = []
+    try:
+        while not any("fine-tuning steps 1 to 120" in line for line in seen):  # Ctrl-C is handled from here on
+            line = proc.stderr.readline()
+            assert line, f"finetune ended before training: {''.join(seen)}"
+            seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    stderr = "".join(seen) + stderr
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Ctrl-C: finishing this step" in stderr
+    checkpoint = latest_checkpoint(out)
+    step = read_trainer_state(checkpoint)["step"]
+    assert 0 < step < 120
+    assert stdout.strip().splitlines()[-1] == (f"interrupted at step {step}: continue with  python -m minillm "
+                                               f"finetune --out {out} --resume")  # fmt: skip
+    assert not (out / "results.json").exists()
+
+    from minillm.cli import main
+
+    assert main(["finetune", "--out", str(out), "--resume", "--max-steps", "121"]) == 2  # not the run's setting
+    assert "--max-steps was 120 there, not 121" in capsys.readouterr().err
+    assert main(["finetune", "--out", str(out), "--resume", "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 120 and 0 <= results["test"]["accuracy"] <= 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 121))
+    assert GPTClassifier.load(out / "model").labels == ("ham", "spam")
+    assert main(command[3:]) == 2  # the new-run command again: the folder holds a run
+    assert "not empty; choose another --out, or continue its run with --resume" in capsys.readouterr().err
+
+
+def test_finetune_command_explains_a_checkpoint_that_holds_no_model(tmp_path, capsys):
+    from minillm.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["finetune", "--task", "classify", "--checkpoint", str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {empty} holds no model") and "Hugging Face" not in err
+    assert main(["finetune", "--out", str(tmp_path / "o")]) == 2
+    assert "needs --task and --checkpoint" in capsys.readouterr().err
+    assert main(["finetune", "--out", str(empty), "--resume"]) == 2
+    assert f"{empty} holds no fine-tuning run to resume" in capsys.readouterr().err
+    run = tmp_path / "run"  # a fine-tuning output folder given as the model to start from
+    run.mkdir()
+    (run / "finetune_args.json").write_text("{}")
+    assert main(["finetune", "--task", "classify", "--checkpoint", str(run), "--out", str(tmp_path / "o")]) == 2
+    assert "is the output folder of a fine-tuning run" in capsys.readouterr().err

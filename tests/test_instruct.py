@@ -12,6 +12,7 @@ from minillm.checkpoint import load_model
 from minillm.classify import GPTClassifier
 from minillm.cli import build_parser
 from minillm.data import download
+from minillm.errors import DataError
 from minillm.instruct import (
     CHAT_TOKENS,
     IGNORE_INDEX,
@@ -214,3 +215,14 @@ def test_dataset_drops_examples_whose_prompt_fills_the_context(tokenizer):
     assert len(data) == 1 and data.dropped == 1 and data[0] == encode_example(EXAMPLE, tokenizer)
     with pytest.raises(ValueError, match="longer context"):
         InstructionDataset(rows, tokenizer, max_length=n_prompt)
+
+
+@pytest.mark.parametrize("bad", [{"instruction": "Say hi."}, {"instruction": "Say hi.", "output": ""},
+                                 {"instruction": "Say hi.", "output": "  \n"}, {"instruction": "Hi.", "output": None}])
+def test_an_example_without_an_answer_is_refused_by_index(tokenizer, bad):
+    with pytest.raises(DataError, match="non-empty 'output'"):
+        encode_example(bad, tokenizer)
+    with pytest.raises(DataError, match=r"^instruction example 2: .*non-empty 'output'"):
+        InstructionDataset([EXAMPLE, EXAMPLE, bad], tokenizer)
+    with pytest.raises(DataError, match="instruction example 1: "):
+        instruction_loader([EXAMPLE, {"output": "x"}], tokenizer, max_length=64)  # no instruction either

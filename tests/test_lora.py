@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from minillm.errors import ConfigError
 from minillm.lora import (
     GPT2_TARGETS,
     LoRAConfig,
@@ -238,3 +239,32 @@ def test_finetune_benchmark_counts_by_hand():
     full = measure("gpt2", 0, targets, "cpu", batch=1, seq_len=8, steps=1, overrides=small)
     assert full["trainable"] == full["total"] == lora["total"] - 4096
     assert full["tokens_per_s"] > 0 and lora["peak_kind"] == "RSS added"
+
+
+def test_a_rank_wider_than_the_layers_is_refused_before_anything_is_allocated():
+    model = tiny_gpt()  # width 32: qkv 32 -> 96, mlp.proj 128 -> 32
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"rank 100000 is larger than blocks\.0\.attn\.qkv \(32 -> 96\).*<= 32"):
+        inject_lora(model, LoRAConfig(rank=100000, targets=GPT2_TARGETS))
+    assert not lora_layers(model) and all(p.requires_grad for p in model.parameters())  # left as it was
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match=r"rank 33 .*\(32 -> 96\)"):
+        inject_lora(model, LoRAConfig(rank=33, targets=("attn.qkv",)))
+    assert len(inject_lora(model, LoRAConfig(rank=32, targets=GPT2_TARGETS))) == 8  # full rank is allowed
+    with pytest.raises(ConfigError, match=r"rank 9 .*\(16 -> 8\)"):
+        LoRALinear(nn.Linear(16, 8), rank=9)
+
+
+def test_finetune_command_refuses_a_huge_lora_rank(tmp_path, capsys):
+    from minillm.cli import main
+    from minillm.tokenizer import TOKENIZER_FILE, BPETokenizer
+
+    base = tmp_path / "base"
+    tiny_gpt(vocab_size=257).save(base)
+    BPETokenizer.train("a few words", 257).save(base / TOKENIZER_FILE)
+    out = tmp_path / "out"
+    assert main(["finetune", "--task", "classify", "--checkpoint", str(base), "--out", str(out),
+                 "--lora-rank", "100000", "--device", "cpu"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: LoRA rank 100000 is larger than") and "Traceback" not in err
+    assert not out.exists()  # refused before the run started

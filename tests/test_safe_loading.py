@@ -115,7 +115,7 @@ def test_folders_with_only_pickled_weights_are_refused_not_unpickled(poisoned):
      "--batch-size", "4"],
     ["export", "--checkpoint", "{run}", "--out", "{tmp}/exp-minillm"],
     ["export", "--checkpoint", "{run}", "--out", "{tmp}/exp-hf", "--format", "hf"],
-    ["train", "--out", "{run}", "--resume", "--no-progress"],
+    ["train", "--out", "{run}", "--resume", "--max-steps", "4", "--no-progress"],
     ["generate", "--checkpoint", "{hf}", "--prompt", "I"],
     ["generate", "--checkpoint", "{sharded}", "--prompt", "I"],
 ], ids=["generate-run", "generate-checkpoint", "evaluate", "finetune", "export", "export-hf", "resume",

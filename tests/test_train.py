@@ -19,9 +19,10 @@ from minillm.model import GPT, GPTConfig
 from minillm.monitor import device_peak_flops, mfu, plot_metrics, read_metrics
 from minillm import config as config_module
 from minillm.config import PRESETS, TrainConfig, apply_overrides, preset_config
-from minillm.corpus import TrainData, load_data, read_documents
+from minillm.corpus import TrainData, load_data, prepare_corpus, read_documents
 from minillm.errors import CheckpointError, ConfigError, RunFolderError
 from minillm.pretrained import pretrained_tiny
+from minillm.tokenizer import BPETokenizer
 from minillm.train import NonFiniteLossError, eval_windows, evaluate, forward_backward, sample, train
 
 
@@ -406,3 +407,32 @@ def test_config_helpers(verdict):
     assert c.tokens_per_step == 3 * 5 * 16
     g = c.model_config(verdict.tokenizer.vocab_size)
     assert (g.vocab_size, g.n_layer, g.d_model, g.context_length) == (verdict.tokenizer.vocab_size, 2, 32, 16)
+
+
+def test_a_corpus_is_tokenized_once_for_runs_resumes_and_prepared_folders(tmp_path, cache_dir, monkeypatch):
+    trained = []
+    real = BPETokenizer.train.__func__
+
+    def counting(cls, *args, **kwargs):
+        trained.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(BPETokenizer, "train", classmethod(counting))
+    config = tiny(tokenizer="bpe", vocab_size=300, tokenizer_chars=5000, max_steps=4, eval_interval=2)
+    summary = prepare_corpus(config, tmp_path / "corpus")  # `python -m minillm prepare` does this
+    assert len(trained) == 1 and summary["vocab_size"] == 300
+    from_folder = apply_overrides(config, {"data": str(tmp_path / "corpus")})
+    first = train(from_folder, tmp_path / "run", stop_after=2, progress=False, verbose=False)
+    train(from_folder, tmp_path / "run", resume=True, progress=False, verbose=False)
+    assert len(trained) == 1  # neither the run nor its resume tokenized again
+    assert isinstance(first.config, TrainConfig) and ckpt.read_config(tmp_path / "run").data == str(tmp_path / "corpus")
+    train(config, tmp_path / "a", progress=False, verbose=False)  # a named corpus: prepared into the cache ...
+    train(config, tmp_path / "b", progress=False, verbose=False)  # ... once for both runs
+    assert len(trained) == 2 and len(list((cache_dir / "corpora").iterdir())) == 1
+    files = tmp_path / "text.txt"
+    files.write_text(read_text("the-verdict")[:6000])
+    by_files = apply_overrides(config, {"data": "files", "data_files": str(files)})
+    train(by_files, None, progress=False, verbose=False)
+    files.write_text(read_text("the-verdict")[6000:12000])  # an edited file is tokenized again
+    train(by_files, None, progress=False, verbose=False)
+    assert len(trained) == 4

@@ -166,6 +166,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr
     assert "--resume" in stdout and "Traceback" not in stderr
+    assert "last val loss" in stdout and "measured at step 0" in stdout  # not passed off as the last step's
     last = read_metrics(out)[-1]["step"]
     assert ckpt.latest_checkpoint(out).name == ckpt.checkpoint_name(last)
 
@@ -181,3 +182,9 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert (ckpt.latest_checkpoint(out) / TOKENIZER_FILE).is_file()
     again = subprocess.run(cmd, check=False, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # never silently overwritten
+    assert "--resume" in again.stderr  # ... and the hint names a flag quickstart takes:
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    resumed = subprocess.run([*cmd, "--resume"], check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already finished: step 2" in resumed.stdout and "--- completion 3 ---" in resumed.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files  # nothing written

@@ -11,6 +11,8 @@ command handlers, when a command runs.
   the command being parsed or its help is shown.
 * `print0` and `logging_to_stderr`: output of process rank 0 only under
   `torchrun` (every process runs the command).
+* `integer` and `number`: option types that refuse NaN, negative or out-of-range
+  values while parsing, naming the option and what would work.
 * `load_model_arg`: the (model, tokenizer) of a `--checkpoint` argument.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import contextlib
 import difflib
 import logging
+import math
 import os
 import sys
 import textwrap
@@ -47,7 +50,8 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
     def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
-        return {int: "INT", float: "FLOAT"}.get(action.type, action.dest.upper())  # type: ignore[arg-type]
+        kind = getattr(action.type, "__name__", None)  # int, float, or a checked `integer`/`number`
+        return {"int": "INT", "float": "FLOAT"}.get(kind, action.dest.upper())  # type: ignore[arg-type]
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
@@ -121,6 +125,53 @@ class Parser(argparse.ArgumentParser):
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         noun = self.option_noun
         return f"unknown {noun} {arg}{hint}; valid {noun}s: {', '.join(o for o in options if o != '--help')}"
+
+
+# ---------------------------------------------------------------------------
+# Option values checked while parsing (no library import needed)
+# ---------------------------------------------------------------------------
+
+
+def integer(low: int, high: int | None = None, note: str = "") -> Callable[[str], int]:
+    """An argparse `type`: an integer in [low, high]; otherwise argparse's error (exit status 2) says
+    what would work, e.g. "argument --num-samples: must be an integer >= 1, got 0"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            wanted = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {wanted}{note}, got {text!r}")
+        return value
+
+    parse.__name__ = "int"  # what argparse calls the type in its own messages
+    return parse
+
+
+def number(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
+           note: str = "") -> Callable[[str], float]:  # fmt: skip
+    """An argparse `type`: a finite number between `low` and `high` (each bound closed unless `*_open`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if high is not None:
+            ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            if high is None:
+                wanted = f"a finite number {'>' if low_open else '>='} {low:g}"
+            else:
+                wanted = f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be {wanted}{note}, got {text!r}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
 
 
 def add_command(commands: argparse._SubParsersAction, name: str, *, help: str, description: str,

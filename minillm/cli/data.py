@@ -57,8 +57,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--near-threshold", type=float, default=0.8,
                    help="Jaccard similarity above which near-duplicates are removed; 0 skips this step")
     p.add_argument("--decontaminate", nargs="*", default=["hellaswag", "arc", "mmlu"], metavar="SET",
-                   help="evaluation sets to decontaminate against (default: hellaswag arc mmlu; "
-                   "the option alone: skip)")  # fmt: skip
+                   help="evaluation sets to decontaminate against (default: hellaswag arc mmlu); "
+                   "'none' skips this step")  # fmt: skip
     p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram size in words")
     p.add_argument("--no-pii", action="store_true", help="skip privacy redaction")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes for datasets.map (default: one)")
@@ -93,7 +93,7 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 def run_curate(args: argparse.Namespace) -> int:
     """`curate INPUT... --out DIR`: curated.jsonl and report.json in DIR."""
-    from minillm.curation import CurationConfig, curate, read_documents
+    from minillm.curation import CurationConfig, curate, datasets_progress, read_documents
     from minillm.dedup import Decontaminator
     from minillm.errors import DataError
     from minillm.fileio import atomic_write
@@ -105,13 +105,30 @@ def run_curate(args: argparse.Namespace) -> int:
     if not docs:
         raise DataError(f"no documents found in {', '.join(args.inputs)}")
     quality = None if args.no_quality else QualityConfig(min_words=args.min_words)
-    decon = Decontaminator.from_benchmarks(args.decontaminate, args.ngram) if args.decontaminate else None
-    config = CurationConfig(quality=quality, near_dedup_threshold=args.near_threshold or None, decontaminate=decon,
-                            redact_pii=not args.no_pii, num_proc=args.num_proc)  # fmt: skip
-    ds, report = curate(docs, config, progress=True)
+    sets = _decontamination_sets(args.decontaminate)
+    with datasets_progress(False):  # no "Downloading data" bars or logging of `datasets` (offline, local files)
+        decon = Decontaminator.from_benchmarks(sets, args.ngram) if sets else None
+        config = CurationConfig(quality=quality, near_dedup_threshold=args.near_threshold or None,
+                                decontaminate=decon, redact_pii=not args.no_pii, num_proc=args.num_proc)  # fmt: skip
+        ds, report = curate(docs, config, progress=True)  # the bars of the pipeline's own steps
     lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ds["text"])
     atomic_write(out / "curated.jsonl", lines)
     atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=1))
     print(report.table())
+    if not len(ds):
+        print(f"every document was removed (see the table: which step, for which reason); {out / 'curated.jsonl'} "
+              "is empty")  # fmt: skip
     print(f"wrote {len(ds)} documents to {out / 'curated.jsonl'} and the report to {out / 'report.json'}")
     return 0
+
+
+def _decontamination_sets(values: list[str]) -> list[str]:
+    """The evaluation sets of `--decontaminate` ([] skips the step): 'none' or the option alone skip it."""
+    from minillm.errors import ConfigError
+
+    if any(v.lower() == "none" for v in values):
+        if len(values) > 1:
+            raise ConfigError(f"--decontaminate none skips decontamination; it cannot be combined with other sets "
+                              f"({' '.join(values)})")  # fmt: skip
+        return []
+    return values

@@ -4,6 +4,8 @@
 
 A thin layer over `minillm.harness` (`evaluate_tasks`, `format_table`), which
 runs the tasks of `minillm.tasks` with the scorers of `minillm.evaluate`.
+The JSON file (``settings``, ``complete``, ``results``) is rewritten atomically
+as each task finishes; Ctrl-C prints what finished and where, and exits 130.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Score a minillm checkpoint (or a Hugging Face GPT-2 folder) on multiple-choice "
         "benchmarks by log-likelihood (acc, acc_norm per byte, acc_token per token) and/or by "
         "answer-letter prompts; print a table with binomial standard errors and chance "
-        "accuracies, and write the results as JSON.",
+        "accuracies, and write the results as JSON, saved after each task (Ctrl-C keeps the finished ones). "
+        "An example longer than the model's context has its context cut from the left; one whose answer "
+        "alone does not fit is skipped; the table and the JSON count both per task.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint folder, or Hugging Face GPT-2 folder")
     p.add_argument("--tasks", default=ALL_TASKS, help=f"comma-separated tasks (default: all five, {ALL_TASKS})")
@@ -35,33 +39,67 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--k-shot", type=int, default=0, help="MMLU: solved dev examples in each prompt (0-5)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    p.add_argument("--out", default="evaluation.json", help="JSON results file")
+    p.add_argument("--out", default="evaluation.json", help="JSON results file, rewritten as each task finishes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """`evaluate`: print the results table and write the JSON file."""
+    """`evaluate`: print the results table and write the JSON file, one finished task at a time.
+
+    The JSON file is rewritten (atomically) as each task finishes, with
+    ``"complete": false`` until the last one, so a crash or Ctrl-C keeps the
+    finished tasks; Ctrl-C prints what was done and where, and returns 130.
+    """
+    import sys
+
     from minillm.device import resolve_device
     from minillm.errors import ConfigError
     from minillm.fileio import atomic_write
     from minillm.harness import evaluate_tasks, format_table
     from minillm.tasks import TASKS
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = list(dict.fromkeys(t.strip() for t in args.tasks.split(",") if t.strip()))
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ConfigError(f"unknown tasks {unknown}; --tasks takes a comma-separated list of {', '.join(TASKS)}")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive number of examples, got {args.limit}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive number of sequences, got {args.batch_size}")
+    if not 0 <= args.k_shot <= 5:
+        raise ConfigError(f"--k-shot must be 0-5 (MMLU has 5 solved dev questions per subject), got {args.k_shot}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of a JSON file")
     device = resolve_device(args.device or "auto")
     model, tokenizer = load_model_arg(args.checkpoint, device=device)
     methods = ("loglik", "letter") if args.method == "both" else (args.method,)
-    report = evaluate_tasks(model, tokenizer, tasks, limit=args.limit, methods=methods, batch_size=args.batch_size,
-                            k_shot=args.k_shot, progress=not args.no_progress)  # fmt: skip
+    meta = {"checkpoint": str(args.checkpoint), "tasks": tasks, "method": args.method, "limit": args.limit,
+            "k_shot": args.k_shot, "context_length": model.config.context_length, "device": str(device)}  # fmt: skip
+    report: dict = {}
+
+    def save(key: str, metrics: dict) -> None:
+        results = {**report, key: metrics}
+        done = len(results) == len(tasks) * len(methods)
+        atomic_write(out, json.dumps({"settings": meta, "complete": done, "results": results}, indent=1) + "\n")
+        report[key] = metrics  # only once it is on disk: the summary after Ctrl-C says what the file holds
+
+    try:
+        evaluate_tasks(model, tokenizer, tasks, limit=args.limit, methods=methods, batch_size=args.batch_size,
+                       k_shot=args.k_shot, progress=not args.no_progress, on_result=save)  # fmt: skip
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        if report:
+            print(format_table(report))
+        keys = {t: [t if m == "loglik" else f"{t}/letter" for m in methods] for t in tasks}
+        finished = [t for t in tasks if all(k in report for k in keys[t])]
+        left = [t for t in tasks if t not in finished]
+        kept = f"their results are in {out}" if report else f"nothing was written to {out}"
+        print(f"\ninterrupted: {len(finished)} of {len(tasks)} tasks finished ({', '.join(finished) or 'none'}); "
+              f"{kept}; not finished: {', '.join(left)}", file=sys.stderr)  # fmt: skip
+        return 130
     print(format_table(report))
-    out = Path(args.out)
-    meta = {"checkpoint": str(args.checkpoint), "limit": args.limit, "k_shot": args.k_shot, "device": str(device)}
-    atomic_write(out, json.dumps({"settings": meta, "results": report}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from minillm.cli.common import add_command, check_empty_folder
+from minillm.errors import ConfigError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -34,8 +35,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """`export`: write the model in --format to --out."""
+    """`export`: write the model in --format to --out (never into the run or checkpoint it reads)."""
     out = Path(args.out)
+    source = Path(args.checkpoint).resolve()
+    if out.resolve() == source or source in out.resolve().parents:
+        raise ConfigError(f"--out {out} is inside --checkpoint {args.checkpoint}; the export would mix with the "
+                          "files it is read from. Choose a folder outside it, e.g. models/NAME")  # fmt: skip
     if args.format == "minillm":
         from minillm.checkpoint import export_checkpoint
 

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from minillm.cli.common import Parser, add_command, print0
+from minillm.cli.common import Parser, add_command, integer, number, print0
 
 QUICKSTART_PROMPTS = ("def fibonacci(n):\n", "class Stack:\n    def __init__(self):\n", "import os\n\n\ndef ")
 SETTING_PREFIX = "set_"  # argparse dest of a setting: set_<name>
@@ -117,12 +118,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="run folder (--out of train), checkpoint or model folder")
     p.add_argument("--prompt", default="\n", help="text to continue; '\\n' is a newline (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="most tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0: greedy")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold in (0, 1] (default: off)")
-    p.add_argument("--num-samples", type=int, default=1, help="continuations to print")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first sample (the next ones: seed + i)")
+    p.add_argument("--max-new-tokens", type=integer(0), default=200, help="most tokens to generate")
+    p.add_argument("--temperature", type=number(0, note=" (0: greedy)"), default=0.8,
+                   help="sampling temperature; 0: greedy")  # fmt: skip
+    p.add_argument("--top-k", type=integer(0, note=" (0: all tokens)"), default=50,
+                   help="sample among the k most likely tokens (0: all)")  # fmt: skip
+    p.add_argument("--top-p", type=number(0, 1, low_open=True), default=None,
+                   help="nucleus sampling threshold in (0, 1] (default: off)")  # fmt: skip
+    p.add_argument("--num-samples", type=integer(1), default=1, help="continuations to print")
+    p.add_argument("--seed", type=integer(0, 2**32 - 1), default=0,
+                   help="seed of the first sample (the next ones: seed + i)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.set_defaults(func=run_generate)
 
@@ -134,7 +139,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--out", default="runs/quickstart", help="run directory")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier quickstart run in --out")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the quickstart run in --out from its latest checkpoint (e.g. after Ctrl-C)")
+    p.add_argument("--max-steps", type=integer(1), default=None, help="optimizer steps (default: the preset's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_quickstart)
@@ -198,8 +205,7 @@ def _shown(value: Any) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     """`train`: a new run from --preset, or --resume of the run in --out."""
-    from minillm.checkpoint import latest_checkpoint, read_config
-    from minillm.config import apply_overrides, preset_config
+    from minillm.config import apply_overrides, preset_config  # only this, so that a bad setting fails fast
     from minillm.errors import CheckpointNotFoundError, ConfigError
 
     overrides = {k[len(SETTING_PREFIX) :]: v for k, v in vars(args).items()
@@ -207,6 +213,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.preset is not None:
         config = preset_config(args.preset, **overrides)
     elif args.resume:
+        from minillm.checkpoint import latest_checkpoint, read_config
+
         checkpoint = latest_checkpoint(args.out)
         if checkpoint is None:
             raise CheckpointNotFoundError(f"no checkpoint in {args.out} to resume from; start a run with --preset")
@@ -217,9 +225,28 @@ def run_train(args: argparse.Namespace) -> int:
                 break_lock=args.break_lock)  # fmt: skip
 
 
-def _run(config: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, break_lock: bool = False) -> int:
-    """Train `config` into `out`, printing a line before and after (rank 0); the exit status."""
-    from minillm.device import resolve_device
+def _run(config: Any, out: Path, *, resume: bool, overwrite: bool, progress: bool, break_lock: bool = False,
+         hint: str = "") -> int:  # fmt: skip
+    """Train `config` into `out`, printing a line before and after (rank 0); the exit status.
+
+    Before anything is allocated or written: the data settings are checked, a
+    resume of a finished run stops here (exit status 0, nothing touched), and a
+    run whose estimated memory exceeds what the device has free is refused.
+    `hint`: the command that continues the run, printed after Ctrl-C.
+    """
+    from minillm.corpus import check_data_settings
+
+    hint = hint or f"python -m minillm train --out {out} --resume"
+    check_data_settings(config)
+    checkpoint, done = _latest(out) if resume else (None, 0)
+    if checkpoint is not None and not overwrite and done >= config.max_steps and _same_run(checkpoint, config):
+        print0(f"the run in {out} is already finished: step {done:,} of max_steps {config.max_steps:,}. To "
+               f"train further, resume with a larger --max-steps, e.g.  {hint} --max-steps {2 * done}  "
+               "(the learning-rate schedule then spans the new max_steps)", flush=True)  # fmt: skip
+        return 0
+    check_memory(config, checkpoint)
+
+    from minillm.device import resolve_device  # the training stack, imported once the checks have passed
     from minillm.train import NonFiniteLossError, train
 
     model = config.model
@@ -232,20 +259,70 @@ def _run(config: Any, out: Path, *, resume: bool, overwrite: bool, progress: boo
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    print0(f"step {result.step}: val loss {_fmt(result.val_loss)} (perplexity {_ppl(result.val_loss)}) in "
-           f"{result.seconds:.0f} s; checkpoint, metrics.jsonl and loss.png in {out}", flush=True)  # fmt: skip
+    print0(f"{_val_summary(result)} in {result.seconds:.0f} s; checkpoint, metrics.jsonl and loss.png in {out}",
+           flush=True)  # fmt: skip
     if result.interrupted:
-        print0(f"interrupted: continue with  python -m minillm train --out {out} --resume", flush=True)
+        print0(f"interrupted: continue with  {hint}", flush=True)
         return 130
     return 0
 
 
-def _fmt(loss: float | None) -> str:
-    return "n/a" if loss is None else f"{loss:.4f}"
+def _latest(out: Path) -> tuple[Path | None, int]:
+    """The latest checkpoint of the run in `out` and its step; (None, 0) without one (train() says so)."""
+    from minillm.checkpoint import checkpoint_steps, latest_checkpoint
+
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        return None, 0
+    return checkpoint, {path.name: n for n, path in checkpoint_steps(checkpoint.parent)}.get(checkpoint.name, 0)
 
 
-def _ppl(loss: float | None) -> str:
-    return "n/a" if loss is None else f"{math.exp(min(loss, 50.0)):.2f}"
+def _same_run(checkpoint: Path, config: Any) -> bool:
+    """Whether `config` may resume `checkpoint` (else train() says which settings differ)."""
+    from minillm.checkpoint import RESUMABLE, read_config
+
+    return not read_config(checkpoint).differences(config, ignore=RESUMABLE)
+
+
+def check_memory(config: Any, checkpoint: Path | None = None) -> Any:
+    """`minillm.memory.check_fits` for one step of `config` on its device (this process' GPU under torchrun):
+    `ConfigError` with the estimate and the free memory when it cannot fit. `checkpoint`: the checkpoint a
+    resumed run starts from (its tokenizer gives the vocabulary size). Returns the `MemoryEstimate`."""
+    from minillm.corpus import is_prepared, read_corpus_summary
+    from minillm.device import resolve_device, resolve_precision
+    from minillm.distributed import resolve_strategy
+    from minillm.memory import check_fits
+    from minillm.tokenizer import load_tokenizer
+
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = resolve_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    if checkpoint is not None:
+        vocab = load_tokenizer(checkpoint).vocab_size
+    elif is_prepared(config.data):
+        vocab = read_corpus_summary(config.data)["vocab_size"]
+    else:  # a character vocabulary is known only once the text is read: the model's size stands in
+        vocab = {"gpt2": 50257, "bpe": config.vocab_size}.get(config.tokenizer, config.model.vocab_size)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    strategy = resolve_strategy(config.strategy)
+    layout = ("fsdp" if config.reshard_after_forward else "zero2") if strategy == "fsdp" else "ddp"
+    return check_fits(config.model_config(vocab), micro_batch=config.batch_size,
+                      precision=resolve_precision(config.precision, device), device=device, strategy=layout,
+                      world_size=world, activation_checkpointing=config.activation_checkpointing,
+                      processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
+
+
+def _val_summary(result: Any) -> str:
+    """'step N: val loss L (perplexity P)', saying at which step the last validation loss was measured
+    when that is not the last step (a run stopped by Ctrl-C between evaluations)."""
+    evaluated = [r for r in result.history if "val_loss" in r]
+    if not evaluated:
+        return f"step {result.step}: no validation loss measured since the run resumed"
+    last = evaluated[-1]
+    loss = f"val loss {last['val_loss']:.4f} (perplexity {math.exp(min(last['val_loss'], 50.0)):.2f})"
+    if last["step"] == result.step:
+        return f"step {result.step}: {loss}"
+    return f"step {result.step}: last {loss} measured at step {last['step']}"
 
 
 # ---------------------------------------------------------------------------
@@ -289,18 +366,27 @@ def print_completion(model: Any, tokenizer: Any, prompt: str, max_new_tokens: in
 
 def run_quickstart(args: argparse.Namespace) -> int:
     """`quickstart`: train the quickstart preset on this Python's standard library, then complete code."""
-    from minillm.checkpoint import load_model
-    from minillm.config import preset_config
+    from minillm.checkpoint import latest_checkpoint, load_model, read_config
+    from minillm.config import apply_overrides, preset_config
+    from minillm.errors import CheckpointNotFoundError
 
     overrides: dict[str, Any] = {"device": args.device}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
-    config = preset_config("quickstart", **overrides)
     out = Path(args.out)
+    if args.resume and not args.overwrite:
+        checkpoint = latest_checkpoint(out)
+        if checkpoint is None:
+            raise CheckpointNotFoundError(f"no checkpoint in {out} to resume from; run quickstart without --resume")
+        config = apply_overrides(read_config(checkpoint), overrides)
+    else:
+        config = preset_config("quickstart", **overrides)
     t0 = time.perf_counter()
     print("quickstart: a small GPT learns Python from this machine's standard library (no download).")
-    print("Learning a BPE tokenizer, then training; samples appear at each evaluation.", flush=True)
-    code = _run(config, out, resume=False, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"Continuing the run in {out}" if args.resume else "Learning a BPE tokenizer, then training",
+          "; samples appear at each evaluation.", sep="", flush=True)  # fmt: skip
+    code = _run(config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                hint=f"python -m minillm quickstart --out {out} --resume")  # fmt: skip
     if code != 0:
         return code
     model, tokenizer = load_model(out)
