@@ -61,8 +61,8 @@ class GPTConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "ff_width", "vocab_multiple"):
-            value = getattr(self, name)
+        for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "ff_width", "vocab_multiple"):
+            value = getattr(self, name)  # d_model before ff_width: a zero width is blamed on d_model
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.norm not in NORMS:

@@ -317,3 +317,10 @@ def test_cross_entropy_ignores_padding_like_torch():
     targets[1, 2] = 5
     logits, loss = model(idx, targets)
     torch.testing.assert_close(loss, -F.log_softmax(logits[1, 2], dim=-1)[5])
+
+
+def test_a_zero_width_is_blamed_on_d_model_not_on_the_derived_mlp_width():
+    with pytest.raises(ValueError, match="d_model must be a positive integer, got 0"):
+        GPTConfig(d_model=0)
+    with pytest.raises(ValueError, match="n_head must be a positive integer, got 0"):
+        GPTConfig(n_head=0)
