@@ -393,8 +393,15 @@ def test_sigkill_of_a_two_rank_sharded_save_keeps_a_loadable_latest(tmp_path, sh
     logits, _ = model(x)
     assert logits.shape[:2] == x.shape and torch.isfinite(logits).all()
     assert_intact(foreign)
-    with ckpt.run_lock(out):  # both ranks are dead: the lock is free
-        pass
+    deadline = time.monotonic() + 30  # both ranks are dead: the kernel frees their lock as their files close
+    while True:
+        try:
+            held = ckpt.run_lock(out).acquire()
+            break
+        except RunFolderError:
+            assert time.monotonic() < deadline, "the lock of the killed ranks was never released"
+            time.sleep(0.1)
+    held.release()
     print(f"sharded run killed after step {state['step']}; checkpoints/: {listing(out / 'checkpoints')}")
 
 
