@@ -25,7 +25,9 @@ module                what it is for                                            
 ``strategy``          what differs between one process, DDP and FSDP               05-06
 ``checkpoint``        atomic checkpoints, exact resume, loading and export         05
 ``monitor``           metrics.jsonl, tokens/s, MFU, loss plots                     05
-``pretrained``        small pretrained base models, trained once and cached        05-08
+``pretrained``        the book model (``book_model``) and tiny base models, cached 05-08
+``skills``            what a code model can do: functions that parse               05, 07-08
+``synthetic``         generated instructions with checkable answers                07-08
 ``device``            device and precision choice                                  05-06
 ``distributed``       process groups, DDP and FSDP2 wrapping, torchrun             06
 ``memory``            where the bytes go: the memory estimator                     06
@@ -92,6 +94,7 @@ _EXPORTS: dict[str, str] = {
     # run configuration and corpus (chapter 05)
     "TrainConfig": "config",
     "preset_config": "config",
+    "book_scale": "config",
     "prepare_corpus": "corpus",
     "open_corpus": "corpus",
     # training, checkpoints, pretrained models (chapter 05)
@@ -100,6 +103,11 @@ _EXPORTS: dict[str, str] = {
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "pretrained_tiny": "pretrained",
+    "book_model": "pretrained",
+    "book_run": "pretrained",
+    "book_config": "pretrained",
+    "curated_stdlib": "corpus",
+    "list_tasks": "synthetic",
     # text generation and export (chapter 04)
     "complete": "generate",
     "stream_text": "generate",

@@ -34,6 +34,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -267,6 +268,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=12, max_steps=1200, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1,
         eval_interval=200, eval_batches=10, precision="auto", sample_prompt="def fibonacci(n):\n", sample_tokens=60,
     ),
+    # the book model (chapter 05's main run; minillm.pretrained.book_run caches it for the later chapters):
+    # the curated standard library, a 2,048-token BPE, 4 layers of width 128, 3,000 steps of 2,048 tokens
+    "book": dict(
+        data="python-stdlib-curated", tokenizer="bpe", vocab_size=2048, tokenizer_chars=2_000_000,
+        model=dict(n_layer=4, n_head=4, d_model=128, context_length=128, dropout=0.0), batch_size=16,
+        max_steps=3000, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1, eval_interval=500,
+        eval_batches=20, precision="fp32", device="cpu", sample_prompt="def fibonacci(n):\n", sample_tokens=80,
+    ),
     "gpt2-124m": dict(
         data="fineweb-edu", tokenizer="gpt2", max_chars=2_000_000_000,
         model=dict(MODEL_SHAPES["gpt2"], dropout=0.0, vocab_multiple=64), batch_size=16, grad_accum=32,
@@ -299,6 +308,23 @@ def _from_preset(table: dict[str, dict[str, Any]], name: str, kind: str) -> Trai
     fields = dict(table[name])
     fields["model"] = GPTConfig(**{**BABY_GPT, **fields.get("model", {})})
     return TrainConfig(**fields)
+
+
+#: The environment variable that picks the book's settings: "cpu" (default: a 2-core laptop) or "gpu".
+BOOK_SCALE_VARIABLE = "MINILLM_BOOK_SCALE"
+BOOK_SCALES = ("cpu", "gpu")
+
+
+def book_scale() -> str:
+    """The scale the chapters run at: `MINILLM_BOOK_SCALE` ("cpu", the default, or "gpu").
+
+    Every chapter reads it once and picks its settings from it, e.g.
+    `steps = {"cpu": 600, "gpu": 5000}[book_scale()]`; the README's table lists them.
+    """
+    scale = os.environ.get(BOOK_SCALE_VARIABLE, "cpu").strip().lower() or "cpu"
+    if scale not in BOOK_SCALES:
+        raise ConfigError(f"{BOOK_SCALE_VARIABLE}={scale!r} is not a scale; set it to one of {', '.join(BOOK_SCALES)}")
+    return scale
 
 
 def preset_config(name: str, **overrides: Any) -> TrainConfig:

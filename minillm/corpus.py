@@ -18,6 +18,11 @@ corpus (`data="tinyshakespeare"`) gets one prepared into the cache, keyed by a
 digest of its data settings (`corpus_digest`), so a second run, a resumed run
 and every rank of a distributed run reuse it without re-tokenizing.
 `load_data` does the same work in memory, for notebooks and tests.
+
+The book's own corpus, `python-stdlib-curated` (`curated_stdlib`), is the
+standard library's files run through chapter 01's pipeline for code
+(`minillm.curation.code_curation`) and split by document (a hash of each
+file picks its side), so no validation file is ever trained on.
 """
 
 from __future__ import annotations
@@ -42,12 +47,16 @@ import numpy as np
 import tiktoken
 
 from minillm.config import TrainConfig
-from minillm.data import STDLIB, STDLIB_FILE_HEADER, cache_dir, read_text
+from minillm.curation import CurationReport, StepReport, code_curation, curate, split_of
+from minillm.data import STDLIB, STDLIB_FILE_HEADER, cache_dir, read_text, stdlib_dir, stdlib_files
+from minillm.dedup import Decontaminator
 from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write, fsync_tree
 from minillm.tokenizer import ENDOFTEXT, TOKENIZER_FILE, BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 from minillm.tokens import TokenShards, read_shards, shard_dtype, split_tokens, write_shards
 
+CURATED_STDLIB = "python-stdlib-curated"
+CURATION_VERSION = 1  # bump when the code curation's rules change: the cached corpus is rebuilt
 CORPUS_FILE = "corpus.json"
 CORPUS_FORMAT = "minillm-corpus"
 #: The TrainConfig fields that decide the tokens (and nothing else does).
@@ -83,6 +92,10 @@ def load_data(config: TrainConfig, tokenizer: Tokenizer | None = None) -> TrainD
     """
     if is_prepared(config.data):
         return open_corpus(config.data)
+    if config.data == CURATED_STDLIB:  # split by document, the tokenizer learned from the training side
+        train_docs, val_docs = read_split_documents(config)
+        tokenizer = tokenizer or build_tokenizer(config, train_docs)
+        return TrainData(tokenizer, encode_documents(tokenizer, train_docs), encode_documents(tokenizer, val_docs))
     docs = read_documents(config)  # a list, or a stream for the large corpora
     if tokenizer is None:
         if config.tokenizer in ("char", "bpe"):
@@ -119,6 +132,8 @@ def check_data_settings(config: TrainConfig) -> None:
     if config.data_files.strip() and config.data != "files":
         raise ConfigError(f"data_files is read only with data 'files', not {config.data!r}; pass --data files "
                           f"to train on {config.data_files!r}, or set data_files to '' (--data-files '')")  # fmt: skip
+    if config.data == CURATED_STDLIB and config.max_chars:
+        raise ConfigError(f"max_chars does not apply to {CURATED_STDLIB!r} (whole files, curated); set it to 0")
     if config.exclude_files.strip() and config.data != STDLIB:
         raise ConfigError(f"exclude_files works on the {STDLIB!r} corpus (files with headers), not {config.data!r}; "
                           "set exclude_files to '' (--exclude-files '') for any other corpus")
@@ -131,10 +146,67 @@ def read_documents(config: TrainConfig) -> Iterable[str]:
         return _take(_read_files(_file_paths(config)), config.max_chars)
     if config.data == "fineweb-edu":
         return _take(_fineweb_edu(), config.max_chars)
+    if config.data == CURATED_STDLIB:
+        return list(read_split_documents(config)[0]) + list(read_split_documents(config)[1])
     text = read_text(config.data)
     if config.exclude_files:
         text = exclude_files(text, config)
     return [text[: config.max_chars] if config.max_chars else text]
+
+
+@dataclass
+class CuratedCorpus:
+    """The curated standard library: documents (one per file) and their paths by split, and the report."""
+
+    train: list[str]
+    validation: list[str]
+    paths: dict[str, list[str]]
+    report: CurationReport
+
+    def __repr__(self) -> str:
+        n = {k: f"{len(v)} files, {sum(map(len, getattr(self, k))) / 1e6:.2f}M chars" for k, v in self.paths.items()}
+        return f"CuratedCorpus(train: {n['train']}, validation: {n['validation']})"
+
+
+def curated_stdlib(val_fraction: float = 0.1, progress: bool = False) -> CuratedCorpus:
+    """The book's corpus: this Python's standard library curated for code, split by file; cached.
+
+    `minillm.curation.code_curation` runs on every file of `minillm.data.stdlib_files`
+    (generated files, files that do not parse and data tables are dropped; exact
+    and near duplicates removed; files sharing a 13-word n-gram with HumanEval or
+    MBPP removed; e-mail addresses and other personal data redacted), then
+    `minillm.curation.split_of` puts each file on the train or validation side.
+    The result is cached in `<cache>/corpora/` under a digest of the Python
+    version, the files' sizes and the rules (`CURATION_VERSION`).
+    """
+    root = stdlib_dir()
+    files = stdlib_files(root)
+    key = json.dumps([platform.python_version(), CURATION_VERSION, val_fraction,
+                      [[f.as_posix(), (root / f).stat().st_size] for f in files]])  # fmt: skip
+    path = cache_dir() / "corpora" / f"{CURATED_STDLIB}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        report = CurationReport([StepReport(**step) for step in saved["report"]["steps"]])
+        return CuratedCorpus(saved["train"], saved["validation"], saved["paths"], report)
+    texts = [(root / f).read_text(encoding="utf-8") for f in files]
+    clean, report = curate(texts, code_curation(Decontaminator.from_benchmarks(("humaneval", "mbpp"))), progress)
+    out: dict[str, Any] = {"train": [], "validation": [], "paths": {"train": [], "validation": []}}
+    for text, i in zip(clean["text"], clean["id"]):
+        side = split_of(text, val_fraction)
+        out[side].append(text)
+        out["paths"][side].append(files[i].as_posix())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({**out, "report": report.to_dict()}))
+    return CuratedCorpus(out["train"], out["validation"], out["paths"], report)
+
+
+def read_split_documents(config: TrainConfig) -> tuple[list[str], list[str]]:
+    """(train documents, validation documents) of a corpus split by document (`python-stdlib-curated`)."""
+    check_data_settings(config)
+    if config.data != CURATED_STDLIB:
+        raise ConfigError(f"{config.data!r} is split by token position, not by document; use read_documents")
+    corpus = curated_stdlib(config.val_fraction)
+    return corpus.train, corpus.validation
 
 
 def exclude_files(text: str, config: TrainConfig) -> str:
@@ -239,8 +311,10 @@ def data_settings(config: TrainConfig) -> dict[str, Any]:
     settings = {name: getattr(config, name) for name in DATA_FIELDS}
     if config.data == "files":  # the files themselves, so that an edited file is tokenized again
         settings["files"] = [[p, os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in _file_paths(config)]
-    if config.data == STDLIB:
+    if config.data in (STDLIB, CURATED_STDLIB):
         settings["python"] = platform.python_version()  # each Python ships different sources
+    if config.data == CURATED_STDLIB:
+        settings["curation"] = CURATION_VERSION
     return settings
 
 
@@ -281,10 +355,6 @@ def prepare_corpus(config: TrainConfig | str, out_dir: str | os.PathLike | None 
         raise FileExistsError(f"{out} already exists and is not empty; choose another --out "
                               "or pass --overwrite to replace its files")  # fmt: skip
     start = time.perf_counter()
-    docs = read_documents(config)
-    if reuse_tokenizer is None and config.tokenizer in ("char", "bpe"):
-        docs = list(docs)
-    tok = reuse_tokenizer or build_tokenizer(config, docs)
     n_chars = [0]
 
     def counted(stream: Iterable[str]) -> Iterator[str]:
@@ -292,10 +362,20 @@ def prepare_corpus(config: TrainConfig | str, out_dir: str | os.PathLike | None 
             n_chars[0] += len(doc)
             yield doc
 
-    tokens = encode_documents(tok, counted(docs), config.tokenizer == "gpt2")
-    if len(tokens) == 0:
-        raise DataError(f"the corpus {config.data!r} is empty")
-    train, val = split_tokens(tokens, config.val_fraction)
+    if config.data == CURATED_STDLIB:  # split by document; the tokenizer sees only the training side
+        train_docs, val_docs = read_split_documents(config)
+        tok = reuse_tokenizer or build_tokenizer(config, train_docs)
+        train, val = encode_documents(tok, counted(train_docs)), encode_documents(tok, counted(val_docs))
+        tokens = np.concatenate([train, val])
+    else:
+        docs = read_documents(config)
+        if reuse_tokenizer is None and config.tokenizer in ("char", "bpe"):
+            docs = list(docs)
+        tok = reuse_tokenizer or build_tokenizer(config, docs)
+        tokens = encode_documents(tok, counted(docs), config.tokenizer == "gpt2")
+        if len(tokens) == 0:
+            raise DataError(f"the corpus {config.data!r} is empty")
+        train, val = split_tokens(tokens, config.val_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

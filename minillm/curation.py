@@ -37,7 +37,8 @@ import regex
 from minillm.dedup import Decontaminator, MinHasher, cluster_signatures, exact_key
 from minillm.errors import DataError
 from minillm.pii import redact_pii
-from minillm.quality import CharNGramLM, NormalizeConfig, QualityConfig, normalize, quality_failures
+from minillm.quality import (CharNGramLM, CodeQualityConfig, NormalizeConfig, QualityConfig, code_quality_failures,
+                             normalize, quality_failures)
 
 # ---------------------------------------------------------------------------
 # The pipeline
@@ -49,7 +50,7 @@ class CurationConfig:
     """Which steps :func:`curate` runs, and how. ``None`` (or False/empty) switches a step off."""
 
     normalize: NormalizeConfig | None = field(default_factory=NormalizeConfig)
-    quality: QualityConfig | None = field(default_factory=QualityConfig)
+    quality: QualityConfig | CodeQualityConfig | None = field(default_factory=QualityConfig)  # prose or code rules
     perplexity_model: CharNGramLM | None = None
     max_perplexity: float = 1e3
     exact_dedup: bool = True
@@ -180,7 +181,9 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
         n = cfg.num_proc
         if cfg.normalize is not None:
             ds = _transform(ds, "normalize", n, lambda t, c=cfg.normalize: normalize(t, c), steps)
-        if cfg.quality is not None:
+        if isinstance(cfg.quality, CodeQualityConfig):
+            ds = _drop(ds, "quality", n, lambda t, c=cfg.quality: next(iter(code_quality_failures(t, c)), ""), steps)
+        elif cfg.quality is not None:
             ds = _drop(ds, "quality", n, lambda t, c=cfg.quality: next(iter(quality_failures(t, c, True)), ""),
                        steps)
         if cfg.perplexity_model is not None:
@@ -207,6 +210,21 @@ def curate(docs, config: CurationConfig | None = None, progress: bool = False):
     if not steps:
         steps.append(StepReport("none", len(ds), len(ds), _nbytes(ds), _nbytes(ds)))
     return ds, CurationReport(steps)
+
+
+def code_curation(decontaminate: Decontaminator | None = None) -> CurationConfig:
+    """The pipeline for Python source files (the book's corpus): code keeps its whitespace and markup,
+    prose rules are replaced by :class:`~minillm.quality.CodeQualityConfig`, the rest is unchanged."""
+    return CurationConfig(normalize=NormalizeConfig(strip_html=False, whitespace=False), quality=CodeQualityConfig(),
+                          decontaminate=decontaminate)  # fmt: skip
+
+
+def split_of(text: str, val_fraction: float = 0.1) -> str:
+    """"validation" or "train" for a document, from a hash of its normalized text (stable as documents
+    come and go; split after deduplication so that no copy of a validation document stays in training)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    return "validation" if int(exact_key(text)[:8], 16) / 16**8 < val_fraction else "train"
 
 
 @contextlib.contextmanager

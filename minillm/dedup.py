@@ -352,7 +352,8 @@ def benchmark_texts(name: str) -> list[str]:
 
     ``hellaswag``: context + correct ending (validation); ``arc``: question +
     correct answer (Easy and Challenge, validation and test); ``mmlu``:
-    question + correct answer (dev, validation, test).
+    question + correct answer (dev, validation, test); ``humaneval``: prompt +
+    canonical solution; ``mbpp``: task text + reference code (every split).
     """
     if name == "hellaswag":
         return [f"{r['ctx']} {r['endings'][int(r['label'])]}" for r in data.load("hellaswag", split="validation")]
@@ -368,7 +369,12 @@ def benchmark_texts(name: str) -> list[str]:
     if name == "mmlu":
         ds = data.load("mmlu")
         return [f"{r['question']} {r[r['answer']]}" for split in ds for r in ds[split]]
-    raise DataError(f"no evaluation texts for {name!r}; choose 'hellaswag', 'arc' or 'mmlu'")
+    if name == "humaneval":
+        return [r["prompt"] + r["canonical_solution"] for r in data.load("humaneval", split="test")]
+    if name == "mbpp":
+        ds = data.load("mbpp")
+        return [f"{r['text']}\n{r['code']}" for split in ds for r in ds[split]]
+    raise DataError(f"no evaluation texts for {name!r}; choose 'hellaswag', 'arc', 'mmlu', 'humaneval' or 'mbpp'")
 
 
 class Decontaminator:

@@ -1,7 +1,18 @@
-"""Small pretrained base models, trained once and cached, for the later chapters (07 and 08).
+"""The book model and small pretrained base models: trained once, cached, loaded by later chapters.
 
-Chapters 07 and 08 fine-tune and evaluate a model that chapter 05 showed how to
-train. `pretrained_tiny(name)` trains the run `minillm.config.TINY[name]`
+**The book model** (`book_model()`) is the reader's own model: chapter 01's
+curated standard library (`minillm.corpus.curated_stdlib`), chapter 02's BPE
+tokenizer learned on it, and chapter 05's main run, the `book` preset
+(`book_config()`). Chapter 05 trains it (about 8 minutes on a 2-core CPU);
+chapters 03, 07 and 08 load the same run. `book_run()` returns its run folder
+(checkpoint, `metrics.jsonl`, samples, loss plot) under
+`<cache>/book/book-<scale>-<digest of its config>/`, training it first when
+absent: the digest covers every setting, so a changed preset never serves a
+stale model. `MINILLM_BOOK_SCALE=gpu` (`minillm.config.book_scale`) selects
+the GPU-scale run (`BOOK_GPU`).
+
+**Tiny models** (`pretrained_tiny(name)`) are older, smaller runs kept for tests
+and quick experiments. `pretrained_tiny(name)` trains the run `minillm.config.TINY[name]`
 names (about a minute on a laptop CPU, deterministic: fixed seed) the first
 time, stores it in `<cache>/pretrained/<name>-<digest of its config>/`, and
 loads it in a second afterwards. The digest covers every setting, so changing
@@ -11,10 +22,12 @@ a run can never serve a stale model.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 from minillm.checkpoint import load_model, save_model_folder
-from minillm.config import TINY, TrainConfig, tiny_config
+from minillm.config import TINY, TrainConfig, apply_overrides, book_scale, preset_config, tiny_config
 from minillm.data import cache_dir
 from minillm.errors import ConfigError
 from minillm.fileio import FolderLock
@@ -50,3 +63,58 @@ def pretrained_tiny(name: str = "shakespeare-char", cache: bool = True, progress
         finally:
             lock.release()
     return load_model(target)
+
+
+#: What the GPU scale changes in the `book` preset: a 30M-parameter model with a 1,024-token
+#: context and a larger vocabulary, trained about 100x longer (bf16 on CUDA).
+BOOK_GPU: dict[str, Any] = dict(
+    vocab_size=8192, tokenizer_chars=0, n_layer=8, n_head=8, d_model=512, context_length=1024, batch_size=32,
+    max_steps=10_000, lr=1e-3, min_lr=1e-4, warmup_steps=500, eval_interval=1000, device="auto", precision="auto",
+    vocab_multiple=64,
+)  # fmt: skip
+
+
+def book_config(scale: str | None = None) -> TrainConfig:
+    """The book model's run: the `book` preset ("cpu") or the preset with `BOOK_GPU` ("gpu").
+
+    `scale` defaults to `minillm.config.book_scale()` (the MINILLM_BOOK_SCALE variable).
+    """
+    scale = scale or book_scale()
+    if scale not in ("cpu", "gpu"):
+        raise ConfigError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
+    config = preset_config("book")
+    return apply_overrides(config, BOOK_GPU) if scale == "gpu" else config
+
+
+def book_run(scale: str | None = None, progress: bool = False, root: str | os.PathLike | None = None,
+             ) -> tuple[Path, bool]:  # fmt: skip
+    """(the book model's run folder, whether this call trained it): the cached run, or trained now.
+
+    The run trains in a hidden folder next to its final place and is renamed
+    there only when finished, so an interrupted training never leaves a run
+    that looks complete (the next call starts it again). Concurrent calls train
+    once: the first holds a lock, the others wait and then load. `root`
+    defaults to `<cache>/book`.
+    """
+    scale = scale or book_scale()
+    config = book_config(scale)
+    base = Path(root) if root is not None else cache_dir() / "book"
+    target = base / f"book-{scale}-{config_digest(config)}"
+    if target.is_dir():
+        return target, False
+    base.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(base / f".{target.name}.lock").acquire(wait=True)
+    try:
+        if target.is_dir():  # trained by another process while this one waited
+            return target, False
+        staging = base / f".{target.name}.training"
+        train(config, staging, overwrite=True, progress=progress, verbose=False)
+        os.replace(staging, target)
+        return target, True
+    finally:
+        lock.release()
+
+
+def book_model(scale: str | None = None, progress: bool = False) -> tuple[GPT, Any]:
+    """The book model (model in eval mode, tokenizer): `book_run`'s checkpoint, trained first if needed."""
+    return load_model(book_run(scale, progress)[0])

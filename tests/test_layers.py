@@ -25,11 +25,11 @@ import minillm
 
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "fileio", "device", "scaling"),  # utilities
-    1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks"),  # data
+    1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks", "synthetic"),  # data
     2: ("attention", "layers", "model", "generate", "lora", "memory", "hf"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
-    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness"),  # loops
+    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills"),  # loops
     6: ("cli", "bench", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

@@ -35,7 +35,7 @@ def test_the_public_names_are_the_ones_builders_reach_for():
         "BPETokenizer", "CharTokenizer", "Tokenizer", "load_tokenizer", "download", "load", "read_text",
         "SlidingWindowDataset", "TokenShards", "get_batch", "make_dataloader", "read_shards", "split_tokens",
         "write_shards", "TrainConfig", "preset_config", "prepare_corpus", "open_corpus", "TrainResult",
-        "load_model", "save_checkpoint", "load_checkpoint", "pretrained_tiny", "export_hf", "complete",
+        "load_model", "save_checkpoint", "load_checkpoint", "pretrained_tiny", "book_model", "book_run", "book_config", "book_scale", "curated_stdlib", "list_tasks", "export_hf", "complete",
         "stream_text", "scaling", *errors.__all__,
     }  # fmt: skip
     assert set(minillm.__all__) == expected

@@ -1,6 +1,7 @@
-"""`evaluate`: score a model on multiple-choice benchmarks, a command of `python -m minillm` (chapter 08).
+"""`evaluate` (multiple-choice benchmarks) and `skills` (functions that parse), commands of `python -m minillm`.
 
     python -m minillm evaluate --checkpoint runs/base --tasks hellaswag,arc-easy --limit 200
+    python -m minillm skills --checkpoint book --prompts 64          # the book model (chapters 05, 08)
 
 A thin layer over `minillm.harness` (`evaluate_tasks`, `format_table`), which
 runs the tasks of `minillm.tasks` with the scorers of `minillm.evaluate`.
@@ -42,6 +43,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="evaluation.json", help="JSON results file, rewritten as each task finishes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
+
+    p = add_command(
+        commands, "skills",
+        help="measure what a code model can do: the share of held-out functions it finishes in valid Python",
+        description="Give the model the header and docstring of top-level functions from the held-out files "
+        "of the book's curated corpus, let it write each body (temperature 0.7, top-k 50, seed i for prompt i) "
+        "until the function ends, and count the bodies that Python parses (minillm.skills). Prints the rate "
+        "with its standard error; --untrained also scores a randomly initialized model of the same shape.",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", required=True,
+                   help="run folder or checkpoint, or 'book' for the book model (trained first if not cached)")
+    p.add_argument("--prompts", type=int, default=64, help="number of held-out functions (default 64)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="token budget per function body")
+    p.add_argument("--untrained", action="store_true", help="also score an untrained model of the same config")
+    p.set_defaults(func=run_skills)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -102,4 +118,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 130
     print(format_table(report))
     print(f"wrote {out}")
+    return 0
+
+
+def run_skills(args: argparse.Namespace) -> int:
+    """`skills`: the parse rate of held-out functions, for the model (and an untrained twin)."""
+    import torch
+
+    from minillm.corpus import curated_stdlib
+    from minillm.errors import ConfigError
+    from minillm.model import GPT
+    from minillm.pretrained import book_run
+    from minillm.skills import function_prompts, parse_rate, write_functions
+
+    if args.prompts < 1 or args.max_new_tokens < 1:
+        raise ConfigError(f"--prompts and --max-new-tokens must be positive, got {args.prompts} and "
+                          f"{args.max_new_tokens}")  # fmt: skip
+    folder = book_run(progress=True)[0] if args.checkpoint == "book" else args.checkpoint
+    model, tokenizer = load_model_arg(str(folder))
+    prompts = function_prompts(curated_stdlib().validation, limit=args.prompts)
+    models = {"model": model}
+    if args.untrained:
+        torch.manual_seed(0)
+        models = {"untrained": GPT(model.config).eval(), **models}
+    for name, m in models.items():
+        attempts = write_functions(m, tokenizer, prompts, args.max_new_tokens)
+        ended = sum(a.ended for a in attempts) / len(attempts)
+        print(f"{name:<10} parses {parse_rate(attempts)}; ended {ended:.2f}")
     return 0

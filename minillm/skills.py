@@ -1,0 +1,152 @@
+"""What a code model can do, measured: does it write Python that parses? (chapters 05, 07 and 08).
+
+A loss says how surprised a model is; a reader wants to know what it can do.
+The book model is a Python code model, so its skill is writing code:
+
+* `function_prompts(docs)`: the header and docstring of every top-level
+  function of held-out files (`def name(args):` + its docstring), the start
+  of a function the model has never seen;
+* `write_function(model, tok, prompt)`: the model continues the prompt until
+  the function ends (the first non-blank line back at column 0) or a token
+  budget runs out, and `ast.parse` judges the result (`FunctionAttempt`);
+* `parse_rate(attempts)`: the share of attempts that wrote a body of at
+  least one statement, ended, and parse, with its binomial standard error;
+* `exact_match(model, tok, examples)`: the share of instructions (e.g.
+  `minillm.synthetic.list_tasks`) whose greedy response equals the answer.
+
+A random model almost never ends a function with valid syntax; a trained
+one usually does. Parsing is a low bar (the code need not be right), which is
+why chapter 08 also scores held-out instructions by exact match.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from minillm.evaluate import binomial_stderr
+from minillm.generate import stream_text
+from minillm.instruct import generate_response
+from minillm.model import GPT
+from minillm.tokenizer import Tokenizer
+
+
+def function_prompts(docs: Iterable[str], max_chars: int = 400, limit: int | None = None) -> list[str]:
+    """`def` line(s) + docstring of each top-level, undecorated function with a body after its docstring.
+
+    Files that do not parse are skipped; prompts longer than `max_chars` are left
+    out (a context of 128 tokens must hold the prompt and the body).
+    """
+    prompts = []
+    for doc in docs:
+        try:
+            tree = ast.parse(doc)
+        except (SyntaxError, ValueError):
+            continue
+        lines = doc.split("\n")
+        for node in tree.body:
+            if (isinstance(node, ast.FunctionDef) and not node.decorator_list and len(node.body) > 1
+                    and ast.get_docstring(node) is not None):  # fmt: skip
+                prompt = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno]) + "\n"
+                if len(prompt) <= max_chars:
+                    prompts.append(prompt)
+                    if limit is not None and len(prompts) == limit:
+                        return prompts
+    return prompts
+
+
+def function_body(text: str) -> tuple[str, bool]:
+    """(the body written so far, whether the function has ended) for the text after a prompt.
+
+    The function ends at the first complete non-blank line that starts at column
+    0; the body is everything before it. A body without any statement (the model
+    went straight back to column 0) has "ended" with an empty body.
+    """
+    complete = text.split("\n")[:-1]  # the last piece may be an unfinished line
+    for i, line in enumerate(complete):
+        if line.strip() and not line[0].isspace():
+            return "\n".join(complete[:i]) + ("\n" if i else ""), True
+    return text, False
+
+
+@dataclass
+class FunctionAttempt:
+    """One attempt to finish a function: the prompt, the body written, and the verdicts."""
+
+    prompt: str
+    body: str
+    ended: bool  # went back to column 0 within the token budget
+    parses: bool  # ended, has a statement, and prompt + body is valid Python
+
+    @property
+    def source(self) -> str:
+        """The whole function: prompt + body."""
+        return self.prompt + self.body
+
+
+def check_function(prompt: str, body: str) -> bool:
+    """True when `body` has a statement and `prompt + body` is valid Python (`ast.parse`)."""
+    if not body.strip():
+        return False
+    try:
+        ast.parse(prompt + body)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def write_function(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 128, *,
+                   temperature: float = 0.7, top_k: int | None = 50, seed: int | None = 0) -> FunctionAttempt:  # fmt: skip
+    """Let the model continue `prompt` (a function header and docstring) until the function ends."""
+    text, ended = "", False
+    for piece in stream_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                             seed=seed):  # fmt: skip
+        text += piece
+        if "\n" in piece:
+            body, ended = function_body(text)
+            if ended:
+                return FunctionAttempt(prompt, body, True, check_function(prompt, body))
+    body, ended = function_body(text + "\n")  # the budget ran out: a final line may close it
+    return FunctionAttempt(prompt, body, ended, ended and check_function(prompt, body))
+
+
+def write_functions(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 128, *,
+                    temperature: float = 0.7, top_k: int | None = 50, seed: int = 0) -> list[FunctionAttempt]:  # fmt: skip
+    """`write_function` for each prompt, attempt i sampled with seed `seed + i` (reproducible)."""
+    return [write_function(model, tokenizer, p, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed + i)
+            for i, p in enumerate(prompts)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A share of successes with its binomial standard error (`str`: "0.62 ± 0.05 (n=64)")."""
+
+    k: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        """k / n (0 when n is 0)."""
+        return self.k / self.n if self.n else 0.0
+
+    @property
+    def stderr(self) -> float:
+        """sqrt(p (1 - p) / n): the standard error of the share."""
+        return binomial_stderr(self.value, self.n) if self.n else math.nan
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f} ± {self.stderr:.2f} (n={self.n})"
+
+
+def parse_rate(attempts: list[FunctionAttempt]) -> Rate:
+    """The share of attempts that ended with a body that parses."""
+    return Rate(sum(a.parses for a in attempts), len(attempts))
+
+
+def exact_match(model: GPT, tokenizer: Tokenizer, examples: list[dict], template: str = "alpaca",
+                max_new_tokens: int = 32) -> tuple[Rate, list[str]]:  # fmt: skip
+    """(share of examples whose greedy response equals their `output`, the responses), whitespace-stripped."""
+    responses = [generate_response(model, tokenizer, ex, template, max_new_tokens) for ex in examples]
+    return Rate(sum(r == ex["output"].strip() for r, ex in zip(responses, examples)), len(examples)), responses
