@@ -36,8 +36,12 @@ from minillm.tokenizer import Tokenizer
 def function_prompts(docs: Iterable[str], max_chars: int = 400, limit: int | None = None) -> list[str]:
     """`def` line(s) + docstring of each top-level, undecorated function with a body after its docstring.
 
+    A prompt ends at the docstring's closing quotes, without the newline: a BPE
+    learns the newline and the next line's indentation as one token, and a prompt
+    that ended with a bare newline would force a token boundary the model never
+    saw in training (it would then mostly write a blank line and leave the function).
     Files that do not parse are skipped; prompts longer than `max_chars` are left
-    out (a context of 128 tokens must hold the prompt and the body).
+    out (the book model sees 128 tokens: a long prompt would leave little room for the body).
     """
     prompts = []
     for doc in docs:
@@ -49,7 +53,7 @@ def function_prompts(docs: Iterable[str], max_chars: int = 400, limit: int | Non
         for node in tree.body:
             if (isinstance(node, ast.FunctionDef) and not node.decorator_list and len(node.body) > 1
                     and ast.get_docstring(node) is not None):  # fmt: skip
-                prompt = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno]) + "\n"
+                prompt = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno])
                 if len(prompt) <= max_chars:
                     prompts.append(prompt)
                     if limit is not None and len(prompts) == limit:
@@ -60,14 +64,16 @@ def function_prompts(docs: Iterable[str], max_chars: int = 400, limit: int | Non
 def function_body(text: str) -> tuple[str, bool]:
     """(the body written so far, whether the function has ended) for the text after a prompt.
 
-    The function ends at the first complete non-blank line that starts at column
-    0; the body is everything before it. A body without any statement (the model
-    went straight back to column 0) has "ended" with an empty body.
+    The text's first line finishes the prompt's last line (normally it is empty);
+    the function ends at the next complete non-blank line that starts at column
+    0, and the body is everything before that line. A model that goes straight
+    back to column 0 has "ended" with an empty body.
     """
     complete = text.split("\n")[:-1]  # the last piece may be an unfinished line
-    for i, line in enumerate(complete):
+    for i in range(1, len(complete)):
+        line = complete[i]
         if line.strip() and not line[0].isspace():
-            return "\n".join(complete[:i]) + ("\n" if i else ""), True
+            return "\n".join(complete[:i]) + "\n", True
     return text, False
 
 
@@ -97,9 +103,14 @@ def check_function(prompt: str, body: str) -> bool:
     return True
 
 
-def write_function(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 128, *,
-                   temperature: float = 0.7, top_k: int | None = 50, seed: int | None = 0) -> FunctionAttempt:  # fmt: skip
-    """Let the model continue `prompt` (a function header and docstring) until the function ends."""
+def write_function(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 256, *,
+                   temperature: float = 0.4, top_k: int | None = 50, seed: int | None = 0) -> FunctionAttempt:  # fmt: skip
+    """Let the model continue `prompt` (a function header and docstring) until the function ends.
+
+    Sampling at temperature 0.4 (top-k 50): a small model's most likely tokens
+    are its best code, while some randomness keeps it out of the loops that
+    greedy decoding falls into (greedy ends fewer functions).
+    """
     text, ended = "", False
     for piece in stream_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                              seed=seed):  # fmt: skip
@@ -112,8 +123,8 @@ def write_function(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens
     return FunctionAttempt(prompt, body, ended, ended and check_function(prompt, body))
 
 
-def write_functions(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 128, *,
-                    temperature: float = 0.7, top_k: int | None = 50, seed: int = 0) -> list[FunctionAttempt]:  # fmt: skip
+def write_functions(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 256, *,
+                    temperature: float = 0.4, top_k: int | None = 50, seed: int = 0) -> list[FunctionAttempt]:  # fmt: skip
     """`write_function` for each prompt, attempt i sampled with seed `seed + i` (reproducible)."""
     return [write_function(model, tokenizer, p, max_new_tokens, temperature=temperature, top_k=top_k, seed=seed + i)
             for i, p in enumerate(prompts)]  # fmt: skip

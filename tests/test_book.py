@@ -107,32 +107,34 @@ def test_the_curated_corpus_refuses_settings_it_would_ignore():
 
 def test_function_prompts_are_header_and_docstring_of_top_level_functions():
     src = GOOD + '\n\n@cache\ndef skipped():\n    """Decorated."""\n    return 1\n\n\ndef only_doc():\n    """No body."""\n'
-    assert function_prompts([src, "def broken(:"]) == ['def join(a, b):\n    """Join two paths."""\n']
+    assert function_prompts([src, "def broken(:"]) == ['def join(a, b):\n    """Join two paths."""']
 
 
 @pytest.mark.parametrize("text, body, ended", [
-    ("    return 1\n\ndef next_one():\n", "    return 1\n\n", True),
-    ("    x = 1\n    return x\nclass", "    x = 1\n    return x\nclass", False),  # 'class' may go on: unfinished
-    ("    return 1\nclass A:\n", "    return 1\n", True),
-    ("x = 1\n", "", True),  # straight back to column 0: an empty body
+    ("\n    return 1\n\ndef next_one():\n", "\n    return 1\n\n", True),
+    ("\n    x = 1\n    return x\nclass", "\n    x = 1\n    return x\nclass", False),  # 'class' may go on: unfinished
+    ("\n    return 1\nclass A:\n", "\n    return 1\n", True),
+    ("\nx = 1\n", "\n", True),  # straight back to column 0: an empty body
+    ("  # more\n    return 1\nx\n", "  # more\n    return 1\n", True),  # the first line ends the prompt's line
 ])  # fmt: skip
 def test_function_body_ends_at_the_first_line_back_at_column_zero(text, body, ended):
     assert function_body(text) == (body, ended)
 
 
 def test_check_function_is_python_s_parser():
-    prompt = 'def f(x):\n    """Double."""\n'
-    assert check_function(prompt, "    return 2 * x\n")
-    assert not check_function(prompt, "    return (2 * x\n")
-    assert not check_function(prompt, "")  # a body needs a statement
-    assert not check_function(prompt, "  return x\n    y = 1\n")  # inconsistent indentation
+    prompt = 'def f(x):\n    """Double."""'
+    assert check_function(prompt, "\n    return 2 * x\n")
+    assert not check_function(prompt, "\n    return (2 * x\n")
+    assert not check_function(prompt, "\n\n")  # a body needs a statement
+    assert not check_function(prompt, "\n  return x\n    y = 1\n")  # inconsistent indentation
+    assert not check_function(prompt, " junk\n    return x\n")  # the docstring's line must end cleanly
 
 
 def test_write_function_with_a_random_model_gives_consistent_verdicts(one_thread):
     tok = BPETokenizer.train(GOOD * 20, 300)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=64, d_model=32, n_layer=1, n_head=2)).eval()
-    prompt = 'def f(x):\n    """Double."""\n'
+    prompt = 'def f(x):\n    """Double."""'
     attempt = write_function(model, tok, prompt, max_new_tokens=20, seed=3)
     assert attempt == write_function(model, tok, prompt, max_new_tokens=20, seed=3)  # reproducible
     assert attempt.source == prompt + attempt.body

@@ -48,14 +48,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         commands, "skills",
         help="measure what a code model can do: the share of held-out functions it finishes in valid Python",
         description="Give the model the header and docstring of top-level functions from the held-out files "
-        "of the book's curated corpus, let it write each body (temperature 0.7, top-k 50, seed i for prompt i) "
+        "of the book's curated corpus, let it write each body (temperature 0.4, top-k 50, seed i for prompt i) "
         "until the function ends, and count the bodies that Python parses (minillm.skills). Prints the rate "
         "with its standard error; --untrained also scores a randomly initialized model of the same shape.",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True,
                    help="run folder or checkpoint, or 'book' for the book model (trained first if not cached)")
     p.add_argument("--prompts", type=int, default=64, help="number of held-out functions (default 64)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="token budget per function body")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per function body")
     p.add_argument("--untrained", action="store_true", help="also score an untrained model of the same config")
     p.set_defaults(func=run_skills)
 
