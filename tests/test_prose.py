@@ -13,9 +13,17 @@ from prose import numbers_in, unsupported  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted([*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("appendix/*.ipynb")])
+#: Chapters whose prose audit is still open (issue 12): expected to fail, and strict, so the
+#: entry must go the moment a chapter passes. Empty this set; never add a new notebook to it.
+NOT_YET_AUDITED: set[str] = set()
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def _case(path: Path):
+    mark = pytest.mark.xfail(strict=True, reason="prose audit still open (issue 12)")
+    return pytest.param(path, marks=[mark] if path.name in NOT_YET_AUDITED else [], id=path.name)
+
+
+@pytest.mark.parametrize("notebook", [_case(p) for p in NOTEBOOKS])
 def test_every_number_in_the_prose_comes_from_the_code_above_it(notebook):
     found = unsupported(notebook)
     assert not found, "numbers in markdown that no code cell above prints or asserts (print them, assert them, " \
