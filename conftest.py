@@ -12,7 +12,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+_ROOT = Path(__file__).resolve().parent
+
 _SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"
 if _SHARED.is_dir():
     os.environ.setdefault("MINILLM_DATA_DIR", str(_SHARED))
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(_SHARED / "tiktoken-cache"))
+
+
+def _runs_chapters(config) -> bool:
+    """Whether this pytest run collects the chapter notebooks (a bare `pytest` does: testpaths)."""
+    chapters = _ROOT / "chapters"
+    for arg in config.args:
+        path = (Path(config.invocation_params.dir) / arg.split("::")[0]).resolve()
+        if path == _ROOT or path == chapters or chapters in path.parents:
+            return True
+    return False
+
+
+def pytest_configure(config):
+    """Train the book model once, before the notebooks start, when a run includes the chapters.
+
+    Chapters 03, 05, 07 and 08 load the book model (`minillm.book_run`). Trained inside one
+    notebook while the other xdist worker runs, two processes of two threads each share two
+    cores and the run crawls; trained here first, alone, it takes its normal time and every
+    notebook then loads it from the cache. Workers (and runs without the chapters) skip this.
+    """
+    if hasattr(config, "workerinput") or not _runs_chapters(config):
+        return
+    import time
+
+    from minillm.pretrained import book_run
+
+    start = time.perf_counter()
+    folder, trained = book_run(progress=False)
+    what = "trained" if trained else "found cached"
+    print(f"\nbook model {what} in {time.perf_counter() - start:.0f} s: {folder}", flush=True)
