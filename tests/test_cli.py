@@ -72,8 +72,8 @@ def test_train_help_lists_each_presets_default_and_the_choices(capsys):
 
     assert main(["train", "--help"]) == 0
     text = flat(capsys.readouterr().out)
-    assert "n_layer: default 4 (shakespeare-char, quickstart), 12 (gpt2-124m)" in text
-    assert "lr: default 0.001 (shakespeare-char), 0.003 (quickstart), 0.0006 (gpt2-124m)" in text
+    assert "n_layer: default 4 (shakespeare-char, quickstart, book), 12 (gpt2-124m)" in text
+    assert "lr: default 0.001 (shakespeare-char), 0.003 (quickstart, book), 0.0006 (gpt2-124m)" in text
     configs = {name: preset_config(name) for name in PRESETS}
     for setting in settings().values():
         option = "--" + setting.name.replace("_", "-")

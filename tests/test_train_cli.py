@@ -64,7 +64,7 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert main(["train", "--preset", "shakespeare", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "unknown preset 'shakespeare' (did you mean shakespeare-char?)" in err
-    assert "choose one of gpt2-124m, quickstart, shakespeare-char" in err
+    assert "choose one of book, gpt2-124m, quickstart, shakespeare-char" in err
     assert main(["train", "--preset", "shakespeare-char", "--out", str(tmp_path / "x"), "--learning-rate", "3"]) == 2
     err = capsys.readouterr().err
     assert "error: unknown setting --learning-rate" in err and "--lr" in err and "--max-steps" in err
