@@ -141,6 +141,24 @@ def test_write_function_with_a_random_model_gives_consistent_verdicts(one_thread
     assert attempt.parses == (attempt.ended and check_function(prompt, attempt.body))
 
 
+def test_skills_command_scores_a_model_folder_and_its_untrained_twin(tmp_path, capsys, one_thread):
+    from minillm.checkpoint import save_model_folder
+    from minillm.cli import main
+
+    tok = BPETokenizer.train(GOOD * 20, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=32, d_model=32, n_layer=1, n_head=2)).eval()
+    folder = save_model_folder(tmp_path / "model", model, tok)
+    assert main(["skills", "--checkpoint", str(folder), "--prompts", "3", "--untrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["untrained", "model"]
+    for line in lines:  # "<name> parses 0.00 ± 0.00 (n=3); ended 0.33"
+        assert "(n=3)" in line and 0 <= float(line.rsplit(" ", 1)[1]) <= 1
+    for bad in (["--prompts", "0"], ["--max-new-tokens", "-1"]):
+        assert main(["skills", "--checkpoint", str(folder), *bad]) == 2
+        assert "must be positive" in capsys.readouterr().err
+
+
 def test_rate_and_its_standard_error():
     r = Rate(30, 120)
     assert r.value == 0.25 and math.isclose(r.stderr, math.sqrt(0.25 * 0.75 / 120))

@@ -1,7 +1,7 @@
 """`evaluate` (multiple-choice benchmarks) and `skills` (functions that parse), commands of `python -m minillm`.
 
     python -m minillm evaluate --checkpoint runs/base --tasks hellaswag,arc-easy --limit 200
-    python -m minillm skills --checkpoint book --prompts 64          # the book model (chapters 05, 08)
+    python -m minillm skills --checkpoint book --untrained            # the book model (chapters 05, 08)
 
 A thin layer over `minillm.harness` (`evaluate_tasks`, `format_table`), which
 runs the tasks of `minillm.tasks` with the scorers of `minillm.evaluate`.
@@ -54,8 +54,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True,
                    help="run folder or checkpoint, or 'book' for the book model (trained first if not cached)")
-    p.add_argument("--prompts", type=int, default=64, help="number of held-out functions (default 64)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per function body")
+    p.add_argument("--prompts", type=int, default=60, help="number of held-out functions (default 60, as chapter 05)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="token budget per function body (default: the model's context length, as chapter 05)")
     p.add_argument("--untrained", action="store_true", help="also score an untrained model of the same config")
     p.set_defaults(func=run_skills)
 
@@ -128,21 +129,22 @@ def run_skills(args: argparse.Namespace) -> int:
     from minillm.corpus import curated_stdlib
     from minillm.errors import ConfigError
     from minillm.model import GPT
-    from minillm.pretrained import book_run
+    from minillm.pretrained import book_config, book_run
     from minillm.skills import function_prompts, parse_rate, write_functions
 
-    if args.prompts < 1 or args.max_new_tokens < 1:
+    if args.prompts < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise ConfigError(f"--prompts and --max-new-tokens must be positive, got {args.prompts} and "
                           f"{args.max_new_tokens}")  # fmt: skip
     folder = book_run(progress=True)[0] if args.checkpoint == "book" else args.checkpoint
     model, tokenizer = load_model_arg(str(folder))
     prompts = function_prompts(curated_stdlib().validation, limit=args.prompts)
+    budget = args.max_new_tokens or model.config.context_length
     models = {"model": model}
     if args.untrained:
-        torch.manual_seed(0)
+        torch.manual_seed(book_config().seed if args.checkpoint == "book" else 0)  # "book": the run's step-0 weights
         models = {"untrained": GPT(model.config).eval(), **models}
     for name, m in models.items():
-        attempts = write_functions(m, tokenizer, prompts, args.max_new_tokens)
+        attempts = write_functions(m, tokenizer, prompts, budget)
         ended = sum(a.ended for a in attempts) / len(attempts)
         print(f"{name:<10} parses {parse_rate(attempts)}; ended {ended:.2f}")
     return 0
