@@ -152,15 +152,18 @@ def test_sigint_to_a_real_evaluate_process(models, tmp_path):
     out = tmp_path / "results.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
-    # arc-easy (3 examples) finishes at once; MMLU (3 per subject, one sequence per forward pass) takes a while.
+    # arc-easy (30 examples) finishes in a moment; MMLU (30 per subject: 1,710 questions, one sequence per forward
+    # pass) takes many seconds, so Ctrl-C lands inside it even when this process is starved of CPU on a loaded
+    # machine (with 3 per subject, a CI run once saw the command finish before the signal was sent).
     cmd = [sys.executable, "-m", "minillm", "evaluate", "--checkpoint", str(models[128]), "--tasks", "arc-easy,mmlu",
-           "--limit", "3", "--batch-size", "1", "--no-progress", "--device", "cpu", "--out", str(out)]  # fmt: skip
+           "--limit", "30", "--batch-size", "1", "--no-progress", "--device", "cpu", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 300
         while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert out.exists(), f"no results file; the command ended with {proc.poll()}"
+        assert proc.poll() is None, "the command finished before Ctrl-C could be sent: give it a longer second task"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -172,5 +175,5 @@ def test_sigint_to_a_real_evaluate_process(models, tmp_path):
     assert "interrupted: 1 of 2 tasks finished (arc-easy)" in stderr and str(out) in stderr
     saved = json.loads(out.read_text())
     assert saved["complete"] is False and list(saved["results"]) == ["arc-easy"]
-    assert saved["results"]["arc-easy"]["n"] + saved["results"]["arc-easy"]["skipped"] == 3
+    assert saved["results"]["arc-easy"]["n"] + saved["results"]["arc-easy"]["skipped"] == 30
     assert "arc-easy" in stdout
