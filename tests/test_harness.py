@@ -155,8 +155,14 @@ def test_sigint_to_a_real_evaluate_process(models, tmp_path):
     # arc-easy (30 examples) finishes in a moment; MMLU (30 per subject: 1,710 questions, one sequence per forward
     # pass) takes many seconds, so Ctrl-C lands inside it even when this process is starved of CPU on a loaded
     # machine (with 3 per subject, a CI run once saw the command finish before the signal was sent).
-    cmd = [sys.executable, "-m", "minillm", "evaluate", "--checkpoint", str(models[128]), "--tasks", "arc-easy,mmlu",
-           "--limit", "30", "--batch-size", "1", "--no-progress", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    args = ["evaluate", "--checkpoint", str(models[128]), "--tasks", "arc-easy,mmlu", "--limit", "30",
+            "--batch-size", "1", "--no-progress", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    # A child inherits an ignored or blocked SIGINT from its parent (an xdist worker can have one: two CI runs saw
+    # the command run to the end, exit 0, after the signal). Start it as a terminal would: Ctrl-C raises.
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv = ['minillm', *sys.argv[1:]]; "
+             "runpy.run_module('minillm', run_name='__main__', alter_sys=True)")
+    cmd = [sys.executable, "-c", start, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 300
