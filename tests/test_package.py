@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import pkgutil
 import re
 import subprocess
@@ -94,3 +95,18 @@ def test_the_command_line_lives_in_one_package():
         if re.search(r"^\s*(import argparse|from argparse)|add_parser\(|add_subparsers\(", source, re.M):
             offenders.append(info.name)
     assert not offenders, f"argparse code outside minillm.cli: {offenders}"
+
+
+def test_pytest_pins_the_cpu_kernels_that_made_the_committed_outputs():
+    """conftest.py sets ATEN_CPU_CAPABILITY=avx2 before torch loads, so an AVX-512 CI machine
+    computes the book model (and every notebook output that quotes it) as an AVX2 one does."""
+    import platform
+
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the pin applies to x86-64 CPUs")
+    if os.environ.get("ATEN_CPU_CAPABILITY") != "avx2":
+        pytest.fail("conftest.py did not pin ATEN_CPU_CAPABILITY=avx2 (was the variable set to something else?)")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert capability in ("AVX2", "DEFAULT"), f"torch chose {capability} kernels despite the pin"
