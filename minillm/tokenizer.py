@@ -67,6 +67,9 @@ ENDOFTEXT = "<|endoftext|>"
 #: that name belongs to Hugging Face's tokenizers, and `minillm.hf.export_hf` writes one.
 TOKENIZER_FILE = "minillm_tokenizer.json"
 LEGACY_TOKENIZER_FILE = "tokenizer.json"  # the name minillm used before; still read
+#: Pieces of more bytes than this are merged by BPETokenizer._bpe_long (a heap), the
+#: rest by BPETokenizer._bpe (two short lists), which is faster for short pieces.
+_LONG_PIECE = 64
 
 # encode_iterable may cut its buffer right after a letter/digit followed by any
 # whitespace, or after any non-space followed by a space or tab: neither pattern
@@ -529,41 +532,91 @@ class BPETokenizer:
         return len(self._vocab)
 
     def _bpe(self, piece: bytes) -> tuple[int, ...]:
-        """Token ids of one pre-tokenized chunk: bytes, then merges by rank."""
-        ids = [self._byte_ids[b] for b in piece]
-        ranks, never = self._ranks, len(self.merges)
-        while len(ids) > 1:
-            pairs = list(zip(ids, ids[1:]))
-            rank = min(ranks.get(p, never) for p in pairs)
-            if rank == never:
-                break
-            (a, b), merged = self.merges[rank][:2], self._merged[rank]
-            out, i, n = [], 0, len(ids)
-            while i < n:  # merge every occurrence, left to right
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
-        return tuple(ids)
+        """Token ids of one pre-tokenized chunk: its bytes, then merges, lowest rank first.
+
+        The textbook loop (chapter 02) finds the adjacent pair with the lowest
+        merge rank, merges every occurrence of it in one left-to-right pass,
+        recomputes the ranks of all pairs and repeats. This makes the same merges
+        without the recomputing: ``ranks[i]`` is the rank of the pair
+        ``(ids[i], ids[i + 1])`` (``never`` if no merge makes it), and a merge looks
+        up only the ranks of the two pairs it creates, on either side of the new
+        token. The pass becomes: merge the leftmost occurrence, then the leftmost
+        remaining one, until none is left, and only then go on to the next lowest
+        rank. The result is the same because a new pair holds the new token, which
+        is longer than either of its parts, so it is never the pair being merged.
+        Sentinels (-1, in no pair) at both ends spare checks for the first and last
+        token. Pieces longer than ``_LONG_PIECE`` bytes go to :meth:`_bpe_long`: the
+        scans of ``ranks`` make this loop quadratic in the length of the piece.
+        """
+        if len(piece) > _LONG_PIECE:
+            return self._bpe_long(piece)
+        byte_ids, merged, get, never = self._byte_ids, self._merged, self._ranks.get, len(self.merges)
+        ids = [-1, *[byte_ids[b] for b in piece], -1]
+        ranks = [get(pair, never) for pair in zip(ids, ids[1:])]
+        rank = min(ranks)
+        while rank != never:
+            i = ranks.index(rank)  # the leftmost occurrence of the lowest-rank pair
+            token = merged[rank]
+            ids[i] = token
+            del ids[i + 1], ranks[i]
+            ranks[i - 1] = get((ids[i - 1], token), never)
+            ranks[i] = get((token, ids[i + 1]), never)
+            if rank not in ranks:  # every occurrence is merged: on to the next lowest rank
+                rank = min(ranks)
+        return tuple(ids[1:-1])
+
+    def _bpe_long(self, piece: bytes) -> tuple[int, ...]:
+        """:meth:`_bpe` in O(n log n) for a piece of n bytes (a long number, a run of
+        spaces or symbols), with the same result.
+
+        The tokens form a linked list: ``after[i]`` and ``before[i]`` are the
+        positions of the next and the previous token, and ``ids[i]`` becomes None
+        once the token at ``i`` is merged into its left neighbour. A heap holds
+        ``(rank, position)`` for the pair starting at each position, so popping it
+        gives the lowest rank, at its positions from left to right; an entry whose
+        pair has been merged or changed since it was pushed is skipped. The pairs
+        that a merge creates are pushed only after every occurrence of the current
+        rank is merged, as in one pass of the textbook loop.
+        """
+        merged, get = self._merged, self._ranks.get
+        ids: list[int | None] = [self._byte_ids[b] for b in piece]
+        n = len(ids)
+        after, before = list(range(1, n + 1)), list(range(-1, n - 1))
+        heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := get(pair)) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, changed = heap[0][0], []
+            while heap and heap[0][0] == rank:  # every occurrence of this pair, left to right
+                i = heapq.heappop(heap)[1]
+                j = after[i]
+                if ids[i] is None or j == n or get((ids[i], ids[j])) != rank:
+                    continue  # stale: merged away or changed since it was pushed
+                ids[i], ids[j] = merged[rank], None
+                after[i] = after[j]
+                if after[i] < n:
+                    before[after[i]] = i
+                changed += (before[i], i)  # the pairs left and right of the new token
+            for i in changed:
+                if i >= 0 and after[i] < n and (new := get((ids[i], ids[after[i]]))) is not None:
+                    heapq.heappush(heap, (new, i))
+        return tuple(t for t in ids if t is not None)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` with special-token text encoded as ordinary text."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids: list[int] = []
-        cache = self._cache
+        cache, cache_size, bpe = self._cache, self.cache_size, self._bpe
+        cached = cache.get
         for chunk in self._pat.findall(text):
-            toks = cache.get(chunk)
+            toks = cached(chunk)
             if toks is None:
-                toks = self._bpe(_utf8(chunk))
-                if len(cache) >= self.cache_size:
+                toks = bpe(_utf8(chunk))
+                if len(cache) >= cache_size:
                     cache.clear()
-                if self.cache_size:
+                if cache_size:
                     cache[chunk] = toks
-            ids.extend(toks)
+            ids += toks
         return ids
 
     def clear_cache(self) -> None:

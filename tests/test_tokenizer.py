@@ -120,6 +120,13 @@ def test_gpt2_parity_stdlib_source(gpt2, enc):
         assert gpt2.decode(ids) == source
 
 
+def test_gpt2_parity_wikitext2_validation_cold(gpt2, enc):
+    """The benchmark's corpus, whole, from an empty chunk cache: every distinct chunk goes through BPE."""
+    text = data.read_text("wikitext-2", split="validation")
+    gpt2.clear_cache()
+    assert gpt2.encode_ordinary(text) == enc.encode_ordinary(text)
+
+
 _ALPHABET = st.sampled_from(list("aAzZ09 \t\n\r'sStdlmvre.,;!?-_()\"\\") +
                             ["é", "ß", "ø", "中", "文", "😀", "🇫", "\u200d", "\u00a0", "\u3000", "١"])
 
@@ -340,6 +347,74 @@ def test_trained_tokenizer_matches_tiktoken_built_from_its_vocab(shakespeare, en
         assert tok.encode(text) == ref.encode(text)
 
 
+# ------------------------------------------------- the merge loop vs the textbook
+def textbook_bpe(tok: BPETokenizer, piece: bytes) -> list[int]:
+    """Reference encoder of one chunk, as chapter 02 writes it: find the adjacent pair
+    with the lowest merge rank, merge every occurrence left to right, repeat. Assumes
+    ids 0..255 are the bytes (true of trained vocabularies)."""
+    rank: dict[tuple[int, int], int] = {}
+    for r, (a, b, _) in enumerate(tok.merges):
+        rank.setdefault((a, b), r)  # a pair listed twice merges with its first rank
+    ids = list(piece)
+    while True:
+        found = [rank[pair] for pair in zip(ids, ids[1:]) if pair in rank]
+        if not found:
+            return ids
+        a, b, merged = tok.merges[min(found)]
+        out, i = [], 0
+        while i < len(ids):
+            if ids[i : i + 2] == [a, b]:
+                out.append(merged)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        ids = out
+
+
+def test_merge_order_by_hand():
+    """Every occurrence of the lowest-rank pair is merged before any pair that those
+    merges create, even one of lower rank; overlapping occurrences merge left to right."""
+    vocab = [bytes([b]) for b in range(256)] + [b"ab", b"aba", b"aa"]
+    a, b = ord("a"), ord("b")
+    tok = BPETokenizer(vocab, [(256, a, 257), (a, b, 256), (a, a, 258)], special_tokens={})
+    assert tok.encode("abab") == [256, 256]  # not [257, b]: (ab, a) waits for the next round
+    assert tok.encode("aba") == [257]
+    assert tok.encode("aaa") == [258, a] and tok.encode("aaaa") == [258, 258]
+    for piece in (b"abab", b"aba", b"aaa", b"aaaa", b"ab" * 50):
+        assert list(tok._bpe(piece)) == list(tok._bpe_long(piece)) == textbook_bpe(tok, piece)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_bpe_equals_textbook_on_random_vocabularies(seed, monkeypatch):
+    """Random small vocabularies trained on random words, as trained and with their merge
+    priorities shuffled (merges then create pairs of lower rank than their own) plus a
+    pair listed twice; random byte strings through both merge loops (lists and heap)."""
+    import minillm.tokenizer as tokenizer
+
+    rng = random.Random(seed)
+    letters = rng.sample("abcdefgh", rng.randint(2, 4))
+    words = ["".join(rng.choices(letters, k=rng.randint(1, 10))) for _ in range(300)]
+    trained = BPETokenizer.train(" ".join(words), 256 + rng.randint(10, 60), special_tokens=())
+    vocab = [trained.token_bytes(i) for i in range(trained.vocab_size)]
+    shuffled = rng.sample(trained.merges, len(trained.merges))
+    a, b, m = rng.choice(trained.merges)
+    shuffled.insert(rng.randrange(len(shuffled) + 1), (a, b, len(vocab)))  # same pair, another id
+    variants = [trained, BPETokenizer(vocab + [vocab[m]], shuffled, special_tokens={})]
+    alphabet = [ord(c) for c in letters] + [ord(" "), ord("z")]
+    pieces = [bytes(rng.choices(alphabet, k=rng.choice([0, 1, 2, 3, 5, 8, 13, 30, 64, 65, 150])))
+              for _ in range(150)]
+    for tok in variants:
+        for piece in pieces:
+            expected = textbook_bpe(tok, piece)
+            assert list(tok._bpe(piece)) == expected, piece
+            assert list(tok._bpe_long(piece)) == expected, piece
+    monkeypatch.setattr(tokenizer, "_LONG_PIECE", 10**9)  # the list loop on long pieces too
+    for tok in variants:
+        for piece in pieces:
+            assert list(tok._bpe(piece)) == textbook_bpe(tok, piece), piece
+
+
 def test_gpt4_pattern_splits_by_hand():
     tok = BPETokenizer.train("x", 256, special_tokens=(), pattern="gpt4")
     text = "I'M 1234567 hello\n\n  world!\n"
@@ -482,6 +557,7 @@ def test_benchmark_runs(capsys):
     assert main(["--corpus", "the-verdict", "--vocab-size", "300", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "train BPE, vocab 300" in out and "minillm encode, warm cache" in out
+    assert "minillm encode vs tiktoken on the-verdict: cold cache" in out and "identical ids" in out
     with pytest.raises(SystemExit):
         main(["--repeats", "0"])
 
