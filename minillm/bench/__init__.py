@@ -19,6 +19,7 @@ BENCHMARKS = {
     "evaluate": "minillm.bench.evaluate",
     "finetune": "minillm.bench.finetune",
     "scaling": "minillm.bench.scaling",
+    "gpu": "minillm.bench.gpu",
 }
 
 

@@ -1,12 +1,10 @@
 """Benchmark: `python -m minillm.bench scaling`, chapter 06's speed and memory numbers.
 
-On a CPU (default): tokens/s of a small model trained by one process and by
+On the CPU: tokens/s of a small model trained by one process and by
 DDP on 2 processes (`torchrun`, gloo, same global batch; the ratio is the
 point: CPUs gain little), and the memory estimator's table for GPT-2 sizes and
-7B. On a GPU, `--gpu` runs the ablation of the `gpt2-124m` preset on one
-device, one row per setting added: fp32, TF32, bf16 autocast, + SDPA/flash
-attention, + fused AdamW, + torch.compile, + vocabulary padded to 64; tokens/s
-and MFU per row, and peak memory with and without activation checkpointing.
+7B. What each GPU setting buys (TF32, bf16, fused AdamW, flash attention,
+torch.compile, a padded vocabulary) is `python -m minillm.bench gpu`.
 """
 
 from __future__ import annotations
@@ -85,57 +83,14 @@ def memory_table() -> None:
               f"{ckpt.activations / 2**30:8.2f}")
 
 
-def gpu_ablation(steps: int, data_files: str) -> None:
-    """gpt2-124m on one GPU, one setting added per row; tokens/s and MFU (median after warm-up)."""
-    from minillm.config import apply_overrides, preset_config
-    from minillm.train import train
-
-    if not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA device; without one run the CPU part (no --gpu)")
-    base = preset_config("gpt2-124m", data="files", data_files=data_files, max_steps=steps, grad_accum=1,
-                         eval_interval=10**6, eval_batches=1, sample_tokens=0, log_interval=1, compile=False,
-                         vocab_multiple=1, optimizer="minillm", attn_impl="manual")  # fmt: skip
-    rows = [
-        ("fp32", dict(precision="fp32")),
-        ("TF32", dict(precision="tf32")),
-        ("bf16 autocast (manual attention)", dict(precision="bf16")),
-        ("+ SDPA/flash attention", dict(precision="bf16", attn_impl="sdpa")),
-        ("+ fused AdamW", dict(precision="bf16", attn_impl="sdpa", optimizer="torch")),
-        ("+ torch.compile", dict(precision="bf16", attn_impl="sdpa", optimizer="torch", compile=True)),
-        ("+ vocab padded to 64", dict(precision="bf16", attn_impl="sdpa", optimizer="torch", compile=True,
-                                      vocab_multiple=64)),
-    ]  # fmt: skip
-    print(f"{'setting':36} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}")
-    for label, change in rows:
-        config = apply_overrides(base, change)
-        torch.cuda.reset_peak_memory_stats()
-        result = train(config, None, progress=False, verbose=False)
-        recs = [r for r in result.history if "tokens_per_s" in r][5:]
-        mfu = statistics.median(r.get("mfu", float("nan")) for r in recs)
-        print(f"{label:36} {statistics.median(r['tokens_per_s'] for r in recs):10,.0f} {100 * mfu:6.1f}% "
-              f"{torch.cuda.max_memory_allocated() / 2**30:9.2f}")
-    for ckpt in (False, True):
-        torch.cuda.reset_peak_memory_stats()
-        train(apply_overrides(base, dict(precision="bf16", optimizer="torch", activation_checkpointing=ckpt,
-                                         max_steps=3, attn_impl="sdpa")), None, progress=False, verbose=False)
-        print(f"peak memory, activation checkpointing {'on ' if ckpt else 'off'}: "
-              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (numbers are reported, not enforced)."""
     parser = argparse.ArgumentParser(prog="python -m minillm.bench scaling", description=__doc__.split("\n\n")[1])
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per measured run")
-    parser.add_argument("--gpu", action="store_true", help="the gpt2-124m ablation on one CUDA GPU")
-    parser.add_argument("--data-files", default="text/*.txt", help="--gpu: glob of local UTF-8 text files")
     args = parser.parse_args(argv)
     print(f"# scaling benchmark; {environment()}")
     t0 = time.perf_counter()
-    if args.gpu:
-        gpu_ablation(args.steps, args.data_files)
-    else:
-        print("# no --gpu: the CPU part (the GPU ablation table needs a CUDA device: add --gpu)")
-        cpu_scaling(args.steps)
+    cpu_scaling(args.steps)
     memory_table()
     print(f"# {time.perf_counter() - t0:.0f} s")
     return 0
