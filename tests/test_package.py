@@ -110,3 +110,10 @@ def test_pytest_pins_the_cpu_kernels_that_made_the_committed_outputs():
         pytest.fail("conftest.py did not pin ATEN_CPU_CAPABILITY=avx2 (was the variable set to something else?)")
     capability = torch.backends.cpu.get_cpu_capability()
     assert capability in ("AVX2", "DEFAULT"), f"torch chose {capability} kernels despite the pin"
+
+
+def test_xdist_workers_let_idle_openmp_threads_sleep():
+    """conftest.py sets OMP_WAIT_POLICY=PASSIVE in xdist workers (two of them share two cores)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("runs in an xdist worker (the README's `pytest` uses -n 2)")
+    assert os.environ.get("OMP_WAIT_POLICY") == "PASSIVE"
