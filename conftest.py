@@ -50,11 +50,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def _runs_chapters(config) -> bool:
-    """Whether this pytest run collects the chapter notebooks (a bare `pytest` does: testpaths)."""
-    chapters = _ROOT / "chapters"
+    """Whether this pytest run collects notebooks that use the book model: chapters, appendix, solutions."""
+    books = (_ROOT / "chapters", _ROOT / "appendix")
     for arg in config.args:
         path = (Path(config.invocation_params.dir) / arg.split("::")[0]).resolve()
-        if path == _ROOT or path == chapters or chapters in path.parents:
+        if path == _ROOT or any(path == b or b in path.parents for b in books):
             return True
     return False
 

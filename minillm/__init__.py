@@ -43,6 +43,8 @@ module                what it is for                                            
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all
 ``bench``             ``python -m minillm.bench ...``: speed, as ratios            all
+``diagrams``          the book's drawn diagrams (SVG), ``python -m minillm.diagrams``  all
+``exercises``         the chapters' exercises and their automatic checks          all
 ====================  ===========================================================  ========
 
 The names below are the ones a builder reaches for most; everything else is

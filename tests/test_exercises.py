@@ -1,0 +1,103 @@
+"""The chapters' exercises: the check's three outcomes, and every chapter's exercises in place.
+
+Each chapter has at least three exercises (a markdown heading "Exercise N.k"),
+most of them graded by `minillm.exercises.check`; every graded exercise is
+checked in its chapter (where the stub is left unsolved) and in the chapter's
+solutions notebook (where it must pass: nbval runs it). That each check rejects
+wrong answers is tested per chapter in ``tests/test_exercises_chNN.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from minillm import exercises
+from minillm.exercises import ExerciseFailed, check
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted(ROOT.glob("chapters/[0-9][0-9]_*.ipynb"))
+HEADING = re.compile(r"^#+\s*Exercise (\d+\.\d+)", re.M)
+CHECK = re.compile(r"""check\(\s*["'](\d+\.\d+)["']""")
+
+
+def sources(notebook: Path, kind: str) -> str:
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == kind)
+
+
+@pytest.fixture
+def toy():
+    """A registered toy exercise: write a function that doubles a tensor."""
+    @exercises.exercise("9.9", "double it")
+    def grade(answer):
+        x = torch.arange(5.0)
+        exercises.assert_close(answer(x), 2 * x, "double(arange(5))", hint="Multiply by two.")
+        return "double(arange(5)) matches."
+
+    yield "9.9"
+    exercises.EXERCISES.pop("9.9")
+
+
+def test_an_untouched_stub_is_not_attempted_and_does_not_raise(toy, capsys):
+    def double(x):
+        raise NotImplementedError
+
+    assert check(toy, double) is False
+    assert check(toy, ...) is False
+    assert "not attempted yet" in capsys.readouterr().out
+
+
+def test_a_right_answer_passes_and_a_wrong_one_says_what_differed(toy, capsys):
+    assert check(toy, lambda x: x + x) is True
+    assert "correct" in capsys.readouterr().out
+    with pytest.raises(ExerciseFailed, match=r"Exercise 9.9 \(double it\): not right yet. double\(arange\(5\)\) "
+                                             r"differs.*Multiply by two"):
+        check(toy, lambda x: x * 3)
+    with pytest.raises(ExerciseFailed, match="expected a torch.Tensor, got list"):
+        check(toy, lambda x: [0.0] * 5)
+
+
+def test_unknown_and_malformed_ids_are_clear_errors():
+    with pytest.raises(ValueError, match="ids look like"):
+        check("three", ...)
+    with pytest.raises(KeyError, match="no exercise 3.99"):
+        check("3.99", ...)
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_each_chapter_has_three_exercises_and_solutions_that_check_them(notebook):
+    chapter = int(notebook.name[:2])
+    headings = HEADING.findall(sources(notebook, "markdown"))
+    assert len(headings) >= 3, f"{notebook.name} has {len(headings)} exercises, wants at least 3"
+    assert all(h.startswith(f"{chapter}.") for h in headings), headings
+    graded = sorted(set(CHECK.findall(sources(notebook, "code"))))
+    assert len(graded) * 2 > len(headings), f"most exercises are graded: {graded} of {headings}"
+    for id in graded:
+        assert id in headings and exercises.get(id)
+    solutions = ROOT / "appendix" / "solutions" / notebook.name
+    assert solutions.exists(), f"no solutions notebook {solutions.relative_to(ROOT)}"
+    solved = sources(solutions, "code")
+    assert sorted(set(CHECK.findall(solved))) == graded, "the solutions check every graded exercise"
+    assert sorted(set(HEADING.findall(sources(solutions, "markdown")))) == sorted(set(headings))
+
+
+def chapter_counts(notebook: Path) -> tuple[int, int, int]:
+    """(diagrams embedded, exercises, graded exercises) of a chapter notebook."""
+    diagrams = len(re.findall(r"!\[[^\]]*\]\(figures/[^)]+\.svg\)", sources(notebook, "markdown")))
+    headings = set(HEADING.findall(sources(notebook, "markdown")))
+    return diagrams, len(headings), len(set(CHECK.findall(sources(notebook, "code"))) & headings)
+
+
+def test_the_readme_table_counts_each_chapters_diagrams_and_exercises():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for notebook in CHAPTERS:
+        row = next((line for line in readme.splitlines() if f"(chapters/{notebook.name})" in line and
+                    line.startswith("|")), None)
+        assert row, f"README's chapter table has no row for {notebook.name}"
+        d, e, g = chapter_counts(notebook)
+        assert f"{d} diagrams, {e} exercises ({g} graded)" in row, f"{notebook.name}: {d}, {e}, {g} in {row[-120:]}"
