@@ -60,6 +60,9 @@ def test_a_right_answer_passes_and_a_wrong_one_says_what_differed(toy, capsys):
         check(toy, lambda x: x * 3)
     with pytest.raises(ExerciseFailed, match="expected a torch.Tensor, got list"):
         check(toy, lambda x: [0.0] * 5)
+    for not_a_function in (None, 3, "double"):
+        with pytest.raises(ExerciseFailed, match="the answer is the function"):
+            check(toy, not_a_function)
 
 
 def test_unknown_and_malformed_ids_are_clear_errors():

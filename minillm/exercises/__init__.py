@@ -90,6 +90,9 @@ def check(id: str, answer: Any) -> bool:
     try:
         if answer is ...:
             raise NotImplementedError
+        if answer is None or isinstance(answer, (bool, int, float, str, bytes)):
+            raise ExerciseFailed(f"the answer is the function (or functions) the exercise asks for; "
+                                 f"got {type(answer).__name__} {answer!r:.40}.")
         what = ex.grade(answer)
     except NotImplementedError:
         print(f"Exercise {id} ({ex.title}): not attempted yet. Replace the `raise NotImplementedError` "
