@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -101,6 +102,14 @@ def main() -> None:
     res["fsdp_checkpointed"] = losses(train(checkpointed, None, data=data, progress=False))
     bf16 = dataclasses.replace(fsdp_config, precision="bf16", max_steps=2)
     res["fsdp_bf16"] = losses(train(bf16, None, data=data, progress=False))
+    # torch.compile (inductor on the CPU) under DDP and FSDP: the eager losses, step for step
+    for strategy in ("ddp", "fsdp"):
+        short = dataclasses.replace(config, strategy=strategy, max_steps=3, eval_interval=3)
+        res[f"{strategy}_eager3"] = losses(train(short, None, data=data, progress=False))
+        res[f"{strategy}_compiled"] = losses(train(dataclasses.replace(short, compile=True), None, data=data,
+                                                   progress=False))
+    kernels = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/nonexistent"))
+    res["inductor_files"] = sum(1 for _ in kernels.rglob("*.py"))  # what inductor generated: it did compile
     res["bytes_ddp"] = measured_states("ddp", ctx)
     res["bytes_fsdp"] = measured_states("fsdp", ctx)
     res["deferred"] = deferred_sync(ctx)

@@ -1,7 +1,8 @@
 """minillm.distributed and the trainer's strategies: real torchrun processes on the CPU (gloo, 2 ranks).
 
 One torchrun launch (tests/dist_worker.py) runs DDP, FSDP, a sharded
-checkpoint resume, activation checkpointing and bf16 under FSDP, and measures
+checkpoint resume, activation checkpointing and bf16 under FSDP, DDP and FSDP
+under torch.compile, and measures
 per-rank bytes; a two-"node" launch (two torchrun commands, one process each)
 runs the CLI at the same time. The tests compare them with one-process runs here.
 """
@@ -45,8 +46,9 @@ def free_port() -> int:
 
 
 def _env(cache: Path) -> dict:
+    # inductor's kernel cache in the test's own folder: nothing shared with other runs on the machine
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MINILLM_CACHE_DIR=str(cache))  # fmt: skip
+               MINILLM_CACHE_DIR=str(cache), TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"))  # fmt: skip
     env.setdefault("MINILLM_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     return env
 
@@ -115,6 +117,14 @@ def test_fsdp_matches_ddp_at_every_step(launched):
 
 def test_activation_checkpointing_and_zero2_resharding_keep_the_fsdp_curve(launched):
     torch.testing.assert_close(launched["fsdp_checkpointed"], launched["fsdp"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_compiled_ddp_and_fsdp_give_the_eager_losses(launched, strategy):
+    """`--compile` under torchrun: inductor's kernels on the CPU, the eager losses to 1e-5 at every step."""
+    assert len(launched[f"{strategy}_compiled"]) == 3
+    assert launched["inductor_files"] > 0, "inductor generated no kernels: nothing was compiled"
+    torch.testing.assert_close(launched[f"{strategy}_compiled"], launched[f"{strategy}_eager3"], rtol=0, atol=1e-5)
 
 
 def test_bf16_under_fsdp_trains(launched):
