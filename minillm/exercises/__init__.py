@@ -20,6 +20,7 @@ solution is proven to pass its own check.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,3 +120,21 @@ def expect(condition: bool, message: str) -> None:
     """Raise `ExerciseFailed(message)` unless `condition` holds (for checks that are not tensor comparisons)."""
     if not condition:
         raise ExerciseFailed(message)
+
+
+def as_tensor(value: Any, what: str) -> torch.Tensor:
+    """`value` if it is a tensor; else `ExerciseFailed` saying that `what` should have been one."""
+    expect(isinstance(value, torch.Tensor), f"{what} should be a torch.Tensor, got {type(value).__name__}.")
+    return value
+
+
+def as_number(value: Any, what: str) -> float:
+    """`value` (a number or a one-element tensor) as a finite float; else `ExerciseFailed` naming `what`."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ExerciseFailed(f"{what}: expected a number, got {type(value).__name__}") from None
+    expect(math.isfinite(out), f"{what}: expected a finite number, got {out}")
+    return out

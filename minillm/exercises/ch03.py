@@ -20,13 +20,8 @@ from minillm.attention import (
     causal_mask,
     scaled_dot_product_attention,
 )
-from minillm.exercises import assert_close, exercise, expect
+from minillm.exercises import as_tensor, assert_close, exercise, expect
 from minillm.model import GPTConfig
-
-
-def _tensor(value, what: str) -> torch.Tensor:
-    expect(isinstance(value, torch.Tensor), f"{what} should return a torch.Tensor, got {type(value).__name__}.")
-    return value
 
 
 @exercise("3.1", "the causal mask, with a cache")
@@ -37,7 +32,7 @@ def grade_causal_mask(answer: Callable[[int, int], torch.Tensor]) -> str:
     for t in torch.randint(2, 12, (3,), generator=gen).tolist():  # and three drawn at random
         cases.append((t, t + int(torch.randint(0, 6, (), generator=gen))))
     for t, s in cases:
-        mask = _tensor(answer(t, s), f"causal_mask({t}, {s})")
+        mask = as_tensor(answer(t, s), f"causal_mask({t}, {s})")
         expect(mask.dtype == torch.bool, f"causal_mask({t}, {s}) has dtype {mask.dtype}; return a bool tensor "
                                          "(True = may attend), e.g. a comparison like `k_pos <= q_pos`.")
         expect(tuple(mask.shape) == (t, s), f"causal_mask({t}, {s}) has shape {tuple(mask.shape)}, expected "
@@ -71,7 +66,7 @@ def grade_attention(answer: Callable[..., torch.Tensor]) -> str:
          "exp overflows float32 above about 88: subtract each row's maximum before exp (or use torch.softmax)."),
     ]
     for name, (qq, kk, vv, mask), hint in cases:
-        out = _tensor(answer(qq, kk, vv, mask), "your attention")
+        out = as_tensor(answer(qq, kk, vv, mask), "your attention")
         expect(tuple(out.shape) == (b, h, t, dim), f"{name}: output shape {tuple(out.shape)}, expected "
                                                    f"{(b, h, t, dim)} (one output row of size D per query).")
         expect(bool(torch.isfinite(out).all()), f"{name}: the output holds nan or inf. {hint}")
@@ -93,7 +88,7 @@ def grade_heads(answer) -> str:
     for b, t, n_head, dim in [(2, 5, 4, 6), (1, 7, 3, 8), (3, 4, 1, 5)]:
         c = n_head * dim
         x = torch.randn(b, t, c, generator=gen)
-        heads = _tensor(split_heads(x, n_head), "split_heads")
+        heads = as_tensor(split_heads(x, n_head), "split_heads")
         expect(tuple(heads.shape) == (b, n_head, t, dim),
                f"split_heads of {(b, t, c)} with {n_head} heads has shape {tuple(heads.shape)}, "
                f"expected {(b, n_head, t, dim)}.")
@@ -101,7 +96,7 @@ def grade_heads(answer) -> str:
                      hint="Head h owns channels h*D .. (h+1)*D - 1 of every token: view the last axis as "
                           "(H, D), then transpose(1, 2). A direct view to (B, H, T, D) mixes tokens.")
         z = torch.randn(b, n_head, t, dim, generator=gen)
-        merged = _tensor(merge_heads(z), "merge_heads")
+        merged = as_tensor(merge_heads(z), "merge_heads")
         assert_close(merged, z.transpose(1, 2).reshape(b, t, c), f"merge_heads of {(b, n_head, t, dim)}",
                      hint="Undo split_heads: transpose(1, 2) back to (B, T, H, D), then reshape to (B, T, C). "
                           "A reshape without the transpose concatenates tokens, not heads.")
@@ -126,7 +121,7 @@ def grade_rope(answer: Callable[..., torch.Tensor]) -> str:
     cases = [(8, 0, 10000.0), (16, 0, 10000.0), (16, 37, 10000.0), (32, 5, 500000.0)]
     for dim, start, base in cases:
         x = torch.randn(2, 3, 6, dim, generator=gen)
-        out = _tensor(answer(x, start, base), "your rope")
+        out = as_tensor(answer(x, start, base), "your rope")
         expect(tuple(out.shape) == tuple(x.shape), f"rope changed the shape {tuple(x.shape)} to {tuple(out.shape)}.")
         reference = RotaryEmbedding(dim, start + 6, theta=base)(x, start=start)
         hint = ("Pair dimension i with i + D/2 (the two halves of the last axis), angle p * base^(-2i/D) at "

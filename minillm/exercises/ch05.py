@@ -11,14 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from minillm.exercises import ExerciseFailed, assert_close, exercise, expect
+from minillm.exercises import ExerciseFailed, as_tensor, assert_close, exercise, expect
 from minillm.model import GPT, GPTConfig
 from minillm.optim import clip_grad_norm, cosine_lr
-
-
-def _tensor(value, what: str) -> torch.Tensor:
-    expect(isinstance(value, torch.Tensor), f"{what} should be a torch.Tensor, got {type(value).__name__}.")
-    return value
 
 
 @exercise("5.1", "the next-token loss")
@@ -33,7 +28,7 @@ def grade_next_token_loss(next_token_loss) -> str:
         logits = 3 * torch.randn(b, t, v, generator=gen)
         tokens = torch.randint(0, v, (b, t), generator=gen)
         expected = F.cross_entropy(logits[:, :-1].reshape(-1, v), tokens[:, 1:].reshape(-1))
-        loss = _tensor(next_token_loss(logits, tokens), "the loss")
+        loss = as_tensor(next_token_loss(logits, tokens), "the loss")
         expect(loss.dim() == 0, f"the loss should be one number (a 0-d tensor), got shape {tuple(loss.shape)}: "
                                 "take the mean over all positions.")
         assert_close(loss, expected, f"the loss of random logits {tuple(logits.shape)}", hint=hint_shift)
@@ -41,7 +36,7 @@ def grade_next_token_loss(next_token_loss) -> str:
     logits = 40 * torch.randn(2, 6, 11, generator=gen) + 500.0
     tokens = torch.randint(0, 11, (2, 6), generator=gen)
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 11), tokens[:, 1:].reshape(-1))
-    loss = _tensor(next_token_loss(logits, tokens), "the loss")
+    loss = as_tensor(next_token_loss(logits, tokens), "the loss")
     expect(bool(torch.isfinite(loss)), "with logits around 500 your loss is not finite: exp(500) overflows. "
                                        "Subtract logsumexp (logits.logsumexp(-1, keepdim=True)) instead of "
                                        "dividing by a sum of exponentials.")
@@ -55,7 +50,7 @@ def grade_next_token_loss(next_token_loss) -> str:
     with torch.no_grad():
         logits, _ = model(tokens)
         _, model_loss = model(tokens[:, :-1], tokens[:, 1:])
-        loss = _tensor(next_token_loss(logits, tokens), "the loss")
+        loss = as_tensor(next_token_loss(logits, tokens), "the loss")
     assert_close(loss, model_loss, "the loss of minillm's GPT on 3 windows of 12 tokens", hint=hint_shift,
                  atol=1e-5, rtol=1e-5)
     return ("Matches F.cross_entropy on the shifted logits and targets (random shapes, logits near 500) "

@@ -12,20 +12,9 @@ from __future__ import annotations
 import math
 import random
 
-from minillm.exercises import ExerciseFailed, exercise, expect
+from minillm.exercises import ExerciseFailed, as_number, exercise
 from minillm.memory import activation_bytes, block_activation_bytes, count_parameters, estimate_memory
 from minillm.model import GPTConfig
-
-
-def _as_number(value, what: str) -> float:
-    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
-        value = value.item()
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFailed(f"{what}: expected a number, got {type(value).__name__}") from None
-    expect(math.isfinite(out), f"{what}: expected a finite number, got {out}")
-    return out
 
 
 def _configs(seed: int, count: int) -> list[GPTConfig]:
@@ -62,7 +51,7 @@ def grade_states_per_rank(states_per_rank) -> str:
             for p, g, o in byte_layouts:
                 expected = estimate_memory(config, strategy=strategy, world_size=world, param_bytes=p, grad_bytes=g,
                                            optimizer_bytes=o).states  # fmt: skip
-                got = _as_number(states_per_rank(config, strategy, world, p, g, o),
+                got = as_number(states_per_rank(config, strategy, world, p, g, o),
                                  f"states_per_rank(config, {strategy!r}, {world}, {p}, {g}, {o})")
                 cases += 1
                 if abs(got - expected) <= 3:  # estimate_memory rounds each of its three terms down to whole bytes
@@ -102,7 +91,7 @@ def grade_checkpointed_activations(checkpointed_activations) -> str:
     for config in _configs(62, 6):
         b, t = rng.randint(1, 8), rng.randint(1, config.context_length)
         expected = activation_bytes(config, b, t, "fp32", activation_checkpointing=True)
-        got = _as_number(checkpointed_activations(config, b, t), f"checkpointed_activations(config, {b}, {t})")
+        got = as_number(checkpointed_activations(config, b, t), f"checkpointed_activations(config, {b}, {t})")
         cases += 1
         if got == expected:
             continue
@@ -151,7 +140,7 @@ def grade_bubble_fraction(bubble_fraction) -> str:
     cases = [(1, 1), (1, 7), (2, 1), (4, 1), (4, 4), (4, 6), (8, 3), (8, 32), (16, 64), (3, 100)]
     for p, m in cases:
         expected = gpipe_idle_fraction(p, m)
-        got = _as_number(bubble_fraction(p, m), f"bubble_fraction({p}, {m})")
+        got = as_number(bubble_fraction(p, m), f"bubble_fraction({p}, {m})")
         if math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12):
             continue
         hints = {(p - 1) / m: "that is the bubble relative to the busy time; the question is the share of all "

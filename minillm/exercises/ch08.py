@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from minillm import evaluate
-from minillm.exercises import ExerciseFailed, exercise, expect
+from minillm.exercises import ExerciseFailed, as_number, exercise, expect
 from minillm.model import GPT, GPTConfig
 from minillm.tasks import MCExample
 from minillm.tokenizer import BPETokenizer
@@ -43,17 +43,6 @@ def _model(seed: int, context_length: int = 32) -> GPT:
     return GPT(config).eval()
 
 
-def _as_float(value, what: str) -> float:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ExerciseFailed(f"{what}: expected a number, got {type(value).__name__}") from None
-    expect(math.isfinite(out), f"{what}: expected a finite number, got {out}")
-    return out
-
-
 # ---------------------------------------------------------------------------
 # 8.1 Bits per byte
 # ---------------------------------------------------------------------------
@@ -72,7 +61,7 @@ def grade_bits_per_byte(bits_per_byte) -> str:
         p = evaluate.perplexity(model, ids)
         n_bytes = len(tok.decode(ids[1:]).encode("utf-8"))  # the scored tokens: all but the first
         expected = p.loss * p.n_tokens / math.log(2) / n_bytes
-        got = _as_float(bits_per_byte(model, tok, list(ids)), f"bits_per_byte on {len(ids)} tokens")
+        got = as_number(bits_per_byte(model, tok, list(ids)), f"bits_per_byte on {len(ids)} tokens")
         if not math.isclose(got, expected, rel_tol=1e-4):
             hints = {p.loss / math.log(2): "that is bits per *token*: multiply by the number of scored tokens "
                                            "and divide by their bytes",
@@ -103,7 +92,7 @@ def grade_bootstrap_se(bootstrap_se) -> str:
         correct = rng.random(n) < p
         acc = float(correct.mean())
         ref = evaluate.binomial_stderr(acc, n)
-        got = _as_float(bootstrap_se(correct.copy(), resamples=2000, seed=0), f"bootstrap_se on {n} answers")
+        got = as_number(bootstrap_se(correct.copy(), resamples=2000, seed=0), f"bootstrap_se on {n} answers")
         if not abs(got / ref - 1) < 0.1:
             hint = ("a standard error of 0 means every resample has the same accuracy: draw n indices WITH "
                     "replacement (`rng.integers(0, n, size=(resamples, n))`)" if got < 1e-12 else
@@ -111,14 +100,14 @@ def grade_bootstrap_se(bootstrap_se) -> str:
                     "n answers), not of the answers themselves")  # fmt: skip
             raise ExerciseFailed(f"{n} answers, accuracy {acc:.3f}: your bootstrap standard error is {got:.4f}, "
                                  f"the binomial one {ref:.4f} (they should agree within 10%): {hint}.")  # fmt: skip
-        again = _as_float(bootstrap_se(correct.copy(), resamples=2000, seed=0), "bootstrap_se")
+        again = as_number(bootstrap_se(correct.copy(), resamples=2000, seed=0), "bootstrap_se")
         expect(again == got, f"bootstrap_se gave {got} and then {again} with the same seed: seed your generator "
                              "(`np.random.default_rng(seed)`) so the result is reproducible.")  # fmt: skip
-        other = _as_float(bootstrap_se(correct.copy(), resamples=2000, seed=1), "bootstrap_se")
+        other = as_number(bootstrap_se(correct.copy(), resamples=2000, seed=1), "bootstrap_se")
         expect(other != got, "seeds 0 and 1 gave exactly the same value: a bootstrap resamples at random, so the "
                              "seed should change the last digits (is it the formula sqrt(p(1-p)/n) in disguise?).")
     all_right = np.ones(30, dtype=bool)
-    zero = _as_float(bootstrap_se(all_right, resamples=500, seed=0), "bootstrap_se on 30 right answers")
+    zero = as_number(bootstrap_se(all_right, resamples=500, seed=0), "bootstrap_se on 30 right answers")
     expect(abs(zero) < 1e-12, f"30 right answers out of 30 resample to accuracy 1 every time, so the standard error "
                               f"is 0; you return {zero}.")  # fmt: skip
     return (f"within 10% of minillm.evaluate.binomial_stderr on {len(cases)} answer sheets, reproducible with a seed, "
