@@ -39,6 +39,9 @@ module                what it is for                                            
 ``tasks``             benchmark task loaders (HellaSwag, ARC, MMLU, TruthfulQA)    08
 ``metrics``           BLEU, ROUGE, LLM-as-judge                                    08
 ``harness``           running benchmark tasks on a model and reporting them        08
+``family``            the encoder and decoder stacks of BERT, T5 and BART          A
+``masked_lm``         encoder-only: BERT's masked LM, masking, a classifier        A
+``seq2seq``           encoder-decoder: T5, BART, greedy and beam search            A
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all
@@ -114,6 +117,11 @@ _EXPORTS: dict[str, str] = {
     "complete": "generate",
     "stream_text": "generate",
     "export_hf": "hf",
+    # the transformer family (appendix A)
+    "FamilyConfig": "family",
+    "MaskedLM": "masked_lm",
+    "EncoderClassifier": "masked_lm",
+    "Seq2SeqLM": "seq2seq",
     # what training costs (chapter 00)
     "scaling": "",
     # errors (all chapters)

@@ -13,6 +13,12 @@ version the rest of the book uses:
   `nn.Embedding` in `minillm.model`; "none" relies on the causal mask alone.
 * `CausalSelfAttention`: multi-head attention with grouped-query attention
   (`n_kv_head` key/value heads shared by groups of query heads; 1 = multi-query).
+  Causal self-attention is its default and its fast path; the appendix
+  (`A_transformer_family`) switches on the rest: `causal=False` (an encoder's
+  bidirectional attention), a padding `mask`, an additive `position_bias`, and
+  a `context` whose keys and values the queries read (cross-attention).
+* `relative_position_bucket` and `RelativePositionBias`: T5's relative positions,
+  a learned bias per head and distance bucket added to the attention scores.
 * `KVCache`: preallocated keys and values of every layer for incremental
   decoding, with `reset` and `rewind`.
 
@@ -70,16 +76,23 @@ def causal_mask(
 
 
 def attention_weights(
-    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention probabilities softmax(q k^T * scale), masked.
+    """Attention probabilities softmax(q k^T * scale + bias), masked.
 
     q: (..., T, D), k: (..., S, D), mask: bool broadcastable to (..., T, S), True =
-    may attend. scale defaults to 1/sqrt(D). Returns (..., T, S), rows sum to 1.
-    The scores are computed in float32 or wider for the softmax.
+    may attend; bias: float broadcastable to (..., T, S) (relative positions).
+    scale defaults to 1/sqrt(D). Returns (..., T, S), rows sum to 1. The scores
+    are computed in float32 or wider for the softmax.
     """
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., T, S)
+    if bias is not None:
+        scores = scores + bias
     if mask is not None:
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
@@ -95,18 +108,20 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     generator: torch.Generator | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Attention written out: dropout(softmax(q k^T / sqrt(D) + mask)) v.
+    """Attention written out: dropout(softmax(q k^T / sqrt(D) + bias + mask)) v.
 
     q: (..., T, D), k and v: (..., S, D), mask: bool broadcastable to (..., T, S)
-    with True = may attend. Returns (..., T, D). Matches
-    `F.scaled_dot_product_attention(q, k, v, attn_mask=mask)` (dropout off).
+    with True = may attend, bias: float broadcastable to (..., T, S). Returns
+    (..., T, D). Matches `F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`
+    (dropout off).
     Dropout zeroes attention probabilities with probability `dropout_p` and
     rescales the rest by 1 / (1 - dropout_p).
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ConfigError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    weights = attention_weights(q, k, mask, scale)  # (..., T, S)
+    weights = attention_weights(q, k, mask, scale, bias)  # (..., T, S)
     if dropout_p > 0.0:
         keep = torch.rand(weights.shape, device=weights.device, generator=generator) >= dropout_p
         weights = weights * keep / (1.0 - dropout_p)
@@ -181,6 +196,59 @@ class RotaryEmbedding(nn.Module):
         return x * cos + rotate_half(x) * sin
 
 
+def relative_position_bucket(
+    relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128
+) -> torch.Tensor:
+    """T5's bucket of each relative position (key position - query position), same shape, int64.
+
+    Small distances get a bucket each; from `num_buckets // 2` on, buckets widen
+    logarithmically up to `max_distance`, and everything farther shares the last
+    one. Bidirectional (encoder) buckets split in two halves: keys before and
+    keys after the query. Causal (decoder) buckets only count keys before it.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets  # keys after the query: upper half
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # keys after the query cannot be seen
+    exact = num_buckets // 2
+    # log-spaced buckets exact .. num_buckets - 1 for distances exact .. max_distance
+    # (computed in this order, in float32, so the buckets are those of T5 checkpoints)
+    far = exact + (
+        torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    ).long()
+    far = far.clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's relative positions: a learned scalar per (distance bucket, head) added to the scores.
+
+    No position enters the embeddings; instead every attention layer of a stack
+    adds `bias[h, i, j] = table[bucket(j - i), h]` to its scores (the first layer
+    owns the table, the others reuse its output).
+    """
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128,
+                 bidirectional: bool = True) -> None:  # fmt: skip
+        super().__init__()
+        if num_buckets < 4 or max_distance <= num_buckets // 2:
+            raise ConfigError(f"need num_buckets >= 4 and max_distance > num_buckets / 2, "
+                              f"got {num_buckets} and {max_distance}")  # fmt: skip
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.table = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, t_query: int, t_key: int, start: int = 0) -> torch.Tensor:
+        """Bias (1, H, T, S) for queries at positions start .. start + T - 1 and keys 0 .. S - 1."""
+        device = self.table.weight.device
+        q_pos = torch.arange(start, start + t_query, device=device)[:, None]  # (T, 1)
+        k_pos = torch.arange(t_key, device=device)[None, :]  # (1, S)
+        buckets = relative_position_bucket(k_pos - q_pos, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.table(buckets).permute(2, 0, 1)[None]  # (T, S, H) -> (1, H, T, S)
+
+
 # ---------------------------------------------------------------------------
 # KV cache
 # ---------------------------------------------------------------------------
@@ -238,6 +306,10 @@ class KVCache:
         """Forget everything (start a new sequence); the memory is kept."""
         self.length = 0
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep batch rows `rows` (B',) in that order: in beam search each beam continues one of the previous ones."""
+        self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+
 
 # ---------------------------------------------------------------------------
 # Multi-head causal self-attention
@@ -257,13 +329,16 @@ class AttentionConfig:
     positions: str = "learned"  # only "rope" changes this layer; others are added to embeddings
     rope_theta: float = 10000.0
     attn_impl: str = "sdpa"  # "sdpa": torch fused kernel, "manual": written out
+    causal: bool = True  # False: every query sees every key (encoders, cross-attention)
+    scale: float | None = None  # score scale; None: 1/sqrt(head_dim) (T5 uses 1.0)
+    d_head: int | None = None  # head size D; None: d_model // n_head (T5 may choose another)
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "n_head", "kv_heads", "context_length"):
+        for name in ("d_model", "n_head", "kv_heads", "context_length", "head_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_head:
+        if self.d_head is None and self.d_model % self.n_head:
             raise ConfigError(
                 f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head}); "
                 "pick a head count that divides the width"
@@ -279,13 +354,13 @@ class AttentionConfig:
             raise ConfigError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.positions == "rope" and (self.d_model // self.n_head) % 2:
-            raise ConfigError(f"RoPE needs an even head size, got {self.d_model // self.n_head}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head size, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
-        """D = d_model // n_head."""
-        return self.d_model // self.n_head
+        """D: `d_head`, or d_model // n_head when that is None."""
+        return self.d_model // self.n_head if self.d_head is None else self.d_head
 
     @property
     def kv_heads(self) -> int:
@@ -294,11 +369,16 @@ class AttentionConfig:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with grouped-query attention and optional RoPE.
+    """Multi-head attention with grouped-query attention and optional RoPE; causal self-attention by default.
 
     One fused projection `qkv` (C -> (H + 2 Hkv) D) makes queries, keys and values;
-    `proj` (C -> C) mixes the heads' outputs. Dropout acts on the attention
+    `proj` (H D -> C) mixes the heads' outputs. Dropout acts on the attention
     probabilities and on the output (before it is added to the residual stream).
+
+    The decoder-only models use it as it is named. The appendix's encoders set
+    `AttentionConfig(causal=False)`; cross-attention passes a `context`: the
+    queries come from x through the first H D rows of `qkv`, the keys and values
+    from the context through the rest, so the parameters are the same.
     """
 
     def __init__(self, config: AttentionConfig) -> None:
@@ -307,7 +387,7 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         qkv_out = (config.n_head + 2 * config.kv_heads) * config.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.proj = nn.Linear(config.n_head * config.head_dim, config.d_model, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = (
             RotaryEmbedding(config.head_dim, config.context_length, config.rope_theta)
@@ -315,36 +395,105 @@ class CausalSelfAttention(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, Hkv, S, D) of a context (B, S, C), for cross-attention.
+
+        A decoder computes them once per encoded input and passes them as
+        `context=(k, v)` at every generation step.
+        """
+        b, s, _ = context.shape
+        h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
+        w, bias = self.qkv.weight[h * d :], None if self.qkv.bias is None else self.qkv.bias[h * d :]
+        k, v = F.linear(context, w, bias).split([h_kv * d, h_kv * d], dim=-1)
+        return k.view(b, s, h_kv, d).transpose(1, 2), v.view(b, s, h_kv, d).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+        *,
+        mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        context: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C).
 
         With a `kv_cache`, x holds the T tokens after the `kv_cache.length` cached
         ones; this layer stores its keys/values in slot `layer` (the caller
         advances the cache after the last layer).
+
+        The appendix's options: `mask` bool (B, S) (True = a real key, False =
+        padding) or anything broadcastable to (B, H, T, S), combined with the
+        causal mask when the layer is causal; `position_bias` float broadcastable
+        to (B, H, T, S), added to the scores; `context` (B, S, C), or its
+        `context_kv`, makes this cross-attention (keys and values from it).
         """
-        b, t, c = x.shape
+        b, t, _ = x.shape
         h, h_kv, d = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split([h * d, h_kv * d, h_kv * d], dim=-1)
+        if context is None:
+            q, k, v = self.qkv(x).split([h * d, h_kv * d, h_kv * d], dim=-1)
+            k = k.view(b, t, h_kv, d).transpose(1, 2)  # (B, Hkv, T, D)
+            v = v.view(b, t, h_kv, d).transpose(1, 2)
+        else:  # cross-attention: queries from x, keys and values from the context
+            if kv_cache is not None:
+                raise ConfigError("cross-attention keeps no KV cache: pass context_kv(context) as context instead")
+            q = F.linear(x, self.qkv.weight[: h * d], None if self.qkv.bias is None else self.qkv.bias[: h * d])
+            k, v = self.context_kv(context) if isinstance(context, torch.Tensor) else context
         q = q.view(b, t, h, d).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(b, t, h_kv, d).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(b, t, h_kv, d).transpose(1, 2)
         start = kv_cache.length if kv_cache is not None else 0
-        if self.rotary is not None:
+        if self.rotary is not None and context is None:  # a context's positions are not the queries'
             q, k = self.rotary(q, start), self.rotary(k, start)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = start + T
         s = k.size(2)
         k, v = repeat_kv(k, h // h_kv), repeat_kv(v, h // h_kv)  # (B, H, S, D)
-        p = self.config.dropout if self.training else 0.0
-        if self.config.attn_impl == "sdpa":
-            # is_causal aligns the mask top-left, which is only right when S == T; a
-            # single new token may see every key; otherwise pass the mask explicitly.
-            if s == t:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        p, scale, causal = self.config.dropout if self.training else 0.0, self.config.scale, self.config.causal
+        if mask is None and position_bias is None and self.config.attn_impl == "sdpa":
+            # the decoder-only path: is_causal aligns the mask top-left, which is only right
+            # when S == T; a single new token may see every key; otherwise pass the mask.
+            if not causal or t == 1:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=scale)
+            elif s == t:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
             else:
-                mask = None if t == 1 else causal_mask(t, s, device=x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(t, s, device=x.device),
+                                                   dropout_p=p, scale=scale)  # fmt: skip
         else:
-            y = scaled_dot_product_attention(q, k, v, causal_mask(t, s, device=x.device), dropout_p=p)
-        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+            allowed = self._mask(mask, b, t, s, x.device)  # (B or 1, H or 1, T, S) bool, or None
+            if self.config.attn_impl == "manual":
+                y = scaled_dot_product_attention(q, k, v, allowed, dropout_p=p, scale=scale, bias=position_bias)
+            else:
+                attn_mask = allowed
+                if position_bias is not None:  # one float mask: the bias where allowed, -inf elsewhere
+                    attn_mask = position_bias.to(q.dtype)
+                    if allowed is not None:
+                        attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=scale)
+        y = y.transpose(1, 2).reshape(b, t, h * d)  # (B, T, H D)
         return self.resid_dropout(self.proj(y))
+
+    def _mask(self, mask: torch.Tensor | None, b: int, t: int, s: int, device: torch.device) -> torch.Tensor | None:
+        """The bool mask (B or 1, H or 1, T, S) of padding and causality, or None when everything is allowed.
+
+        A query whose every key is masked (a padding position) is let see all
+        keys instead: its output is never used, and a row of -inf would be NaN.
+        """
+        allowed = None
+        if mask is not None:
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}")
+            if mask.dim() == 2:
+                if mask.shape != (b, s):
+                    raise ConfigError(f"a padding mask must have shape (B, S) = ({b}, {s}), got {tuple(mask.shape)}")
+                mask = mask[:, None, None, :]  # (B, 1, 1, S)
+            elif mask.dim() != 4 or any(m not in (1, n) for m, n in zip(mask.shape, (b, self.n_head, t, s))):
+                raise ConfigError(f"mask must be (B, S) = ({b}, {s}) or broadcastable to (B, H, T, S) = "
+                                  f"({b}, {self.n_head}, {t}, {s}), got {tuple(mask.shape)}")  # fmt: skip
+            allowed = mask.to(device)
+        if self.config.causal:
+            causal = causal_mask(t, s, device=device)  # (T, S)
+            allowed = causal if allowed is None else allowed & causal
+        if allowed is None:
+            return None
+        return allowed | ~allowed.any(dim=-1, keepdim=True)

@@ -31,7 +31,8 @@ The command `python -m minillm finetune --task classify|instruct`
 Batches are dicts of the model's keyword arguments, so one loop trains both a
 `GPTClassifier` (`idx`, `targets` (B,), `lengths` (B,)) and a plain `GPT` on
 instruction data (`idx`, `targets` (B, T) with -100 where the loss ignores a
-position).
+position), and the appendix's encoder and encoder-decoder models
+(`input_ids`, `attention_mask`, `labels`, Hugging Face's names).
 """
 
 from __future__ import annotations
@@ -118,13 +119,22 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str,
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (unpadded) input tokens of a batch, for tokens/s."""
+    if "lengths" in batch:
+        return int(batch["lengths"].sum())
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    return batch["idx" if "idx" in batch else "input_ids"].numel()
+
+
 @torch.no_grad()
 def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | None = None,
                     precision: str = "fp32") -> dict[str, float]:  # fmt: skip
     """Mean loss over (up to `max_batches` of) a loader; for a classifier also the accuracy.
 
     Returns {"loss": ...} or, when the model gives one score row per sequence
-    (logits (B, K) with targets (B,), a `GPTClassifier`), {"loss": ..., "accuracy": ...}.
+    (logits (B, K) with `targets` or `labels` (B,), a classifier), {"loss": ..., "accuracy": ...}.
     The loss is averaged per sequence (classification) or per batch (language modelling).
     """
     device = next(model.parameters()).device
@@ -137,10 +147,11 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, max_batches: int | Non
         batch = _to(batch, device)
         with autocast(device, precision):
             logits, loss = model(**batch)
-        n = batch["idx"].size(0)
-        classifier = batch["targets"].dim() == 1
+        targets = batch["targets"] if "targets" in batch else batch["labels"]
+        n = targets.size(0)
+        classifier = targets.dim() == 1
         if classifier:
-            correct += int((logits.argmax(-1) == batch["targets"]).sum())
+            correct += int((logits.argmax(-1) == targets).sum())
         total_loss += float(loss) * (n if classifier else 1)
         count += n
         batches += 1
@@ -303,7 +314,7 @@ def _finetune(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                tokens += int(batch["lengths"].sum()) if "lengths" in batch else batch["idx"].numel()
+                tokens += _batch_tokens(batch)
                 record = {"step": step, "train_loss": loss, "lr": lr}
                 if norm is not None:
                     record["grad_norm"] = float(norm)

@@ -327,10 +327,10 @@ class GPT(nn.Module):
         such as "gpt2" / "gpt2-medium", downloaded with `huggingface_hub` (online
         only). Weights are loaded in float32.
         """
-        directory = _resolve_hf_directory(name_or_directory)
+        directory = resolve_hf_directory(name_or_directory)
         hf = json.loads((directory / "config.json").read_text())
         model = cls(config_from_hf(hf))
-        model.load_weights(hf_state_dict(_read_safetensors(directory), model.config, hf["model_type"]),
+        model.load_weights(hf_state_dict(read_hf_weights(directory), model.config, hf["model_type"]),
                            source=f"{directory} ({hf['model_type']})")  # fmt: skip
         return model.to(device) if device is not None else model
 
@@ -377,7 +377,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------
 
 
-def _resolve_hf_directory(name_or_directory: str | os.PathLike) -> Path:
+def resolve_hf_directory(name_or_directory: str | os.PathLike) -> Path:
+    """A Hugging Face model folder: a local directory with config.json, or a hub name downloaded (online only)."""
     path = Path(name_or_directory)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -398,7 +399,7 @@ def _resolve_hf_directory(name_or_directory: str | os.PathLike) -> Path:
         ) from err
 
 
-def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The tensors of a Hugging Face folder: one model.safetensors or the shards its index names."""
     index = directory / "model.safetensors.index.json"
     if index.is_file():

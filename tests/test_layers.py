@@ -26,7 +26,7 @@ import minillm
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "fileio", "device", "scaling"),  # utilities
     1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks", "synthetic"),  # data
-    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf"),  # model
+    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
     5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills"),  # loops

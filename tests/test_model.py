@@ -82,7 +82,14 @@ def test_make_norm_and_mlp_by_name():
     with pytest.raises(ValueError, match="norm"):
         make_norm("batchnorm", 8)
     with pytest.raises(ValueError, match="mlp"):
-        make_mlp("relu", 8, 16)
+        make_mlp("tanh", 8, 16)
+    x = torch.randn(2, 3, 8)
+    relu = make_mlp("relu", 8, 16)  # T5's MLP: fc -> relu -> proj
+    torch.testing.assert_close(relu(x), relu.proj(torch.relu(relu.fc(x))))
+    geglu = make_mlp("geglu", 8, 16)  # T5 v1.1: gated, tanh-approximated GELU
+    torch.testing.assert_close(geglu(x), geglu.down(F.gelu(geglu.gate(x), approximate="tanh") * geglu.up(x)))
+    exact = make_mlp("gelu_exact", 8, 16)  # BERT, BART: the erf GELU
+    torch.testing.assert_close(exact(x), exact.proj(F.gelu(exact.fc(x))))
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
