@@ -42,6 +42,7 @@ module                what it is for                                            
 ``family``            the encoder and decoder stacks of BERT, T5 and BART          A
 ``masked_lm``         encoder-only: BERT's masked LM, masking, a classifier        A
 ``seq2seq``           encoder-decoder: T5, BART, greedy and beam search            A
+``family_tasks``      appendix A's tasks: masked characters, words to digits       A
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all

@@ -1,10 +1,12 @@
 """The chapters' exercises: the check's three outcomes, and every chapter's exercises in place.
 
-Each chapter has at least three exercises (a markdown heading "Exercise N.k"),
-most of them graded by `minillm.exercises.check`; every graded exercise is
-checked in its chapter (where the stub is left unsolved) and in the chapter's
-solutions notebook (where it must pass: nbval runs it). That each check rejects
-wrong answers is tested per chapter in ``tests/test_exercises_chNN.py``.
+Each chapter (and each appendix with exercises, ``appendix/A_*.ipynb``) has at
+least three exercises (a markdown heading "Exercise N.k", "Exercise A.k" in an
+appendix), most of them graded by `minillm.exercises.check`; every graded
+exercise is checked in its chapter (where the stub is left unsolved) and in the
+chapter's solutions notebook (where it must pass: nbval runs it). That each
+check rejects wrong answers is tested per chapter in
+``tests/test_exercises_chNN.py`` (``tests/test_exercises_appa.py`` for appendix A).
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from minillm.exercises import ExerciseFailed, check
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted(ROOT.glob("chapters/[0-9][0-9]_*.ipynb"))
-HEADING = re.compile(r"^#+\s*Exercise (\d+\.\d+)", re.M)
-CHECK = re.compile(r"""check\(\s*["'](\d+\.\d+)["']""")
+APPENDICES = sorted(ROOT.glob("appendix/[A-E]_*.ipynb"))  # exercises "A.1", ... checked in minillm.exercises.a
+HEADING = re.compile(r"^#+\s*Exercise ((?:\d+|[A-E])\.\d+)", re.M)
+CHECK = re.compile(r"""check\(\s*["']((?:\d+|[A-E])\.\d+)["']""")
+
+
+def chapter_of(notebook: Path) -> str:
+    """The exercise ids' prefix of a chapter or appendix notebook: "3" for 03_attention, "A" for A_transformer_family."""
+    prefix = notebook.name.split("_")[0]
+    return str(int(prefix)) if prefix.isdigit() else prefix
 
 
 def sources(notebook: Path, kind: str) -> str:
@@ -72,9 +81,23 @@ def test_unknown_and_malformed_ids_are_clear_errors():
         check("3.99", ...)
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_exercise_ids_of_chapters_and_appendices_are_recognized():
+    assert HEADING.findall("### Exercise 3.1: x\n## Exercise A.12: y\nExercise 4.1 in prose") == ["3.1", "A.12"]
+    assert CHECK.findall("check(\"A.3\", f)\ncheck( '10.2', g)\nassert check(\"x.1\", h)") == ["A.3", "10.2"]
+    assert [chapter_of(Path(n)) for n in ("03_attention.ipynb", "A_transformer_family.ipynb")] == ["3", "A"]
+
+
+def test_every_module_of_exercises_has_its_notebook():
+    """minillm/exercises/chNN.py belongs to chapters/NN_*.ipynb, minillm/exercises/a.py to appendix/A_*.ipynb."""
+    modules = sorted(p.stem for p in (ROOT / "minillm" / "exercises").glob("*.py") if p.stem != "__init__")
+    notebooks = {exercises._module_of(f"{chapter_of(nb)}.1").rsplit(".", 1)[1]: nb for nb in CHAPTERS + APPENDICES}
+    missing = [m for m in modules if m not in notebooks]
+    assert not missing, f"exercise checks without their notebook (chapters/NN_*.ipynb or appendix/A_*.ipynb): {missing}"
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS + APPENDICES, ids=lambda p: p.stem)
 def test_each_chapter_has_three_exercises_and_solutions_that_check_them(notebook):
-    chapter = int(notebook.name[:2])
+    chapter = chapter_of(notebook)
     headings = HEADING.findall(sources(notebook, "markdown"))
     assert len(headings) >= 3, f"{notebook.name} has {len(headings)} exercises, wants at least 3"
     assert all(h.startswith(f"{chapter}.") for h in headings), headings
