@@ -202,8 +202,9 @@ def check_ids(ids: torch.Tensor, limit: int, name: str = "input_ids") -> None:
     """Raise a clear error unless `ids` is an integer (B, T) tensor of values in [0, limit)."""
     if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an integer tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
-    if ids.dim() != 2:
-        raise ConfigError(f"{name} must have shape (B, T), got {tuple(ids.shape)}")
+    if ids.dim() != 2 or 0 in ids.shape:
+        raise ConfigError(f"{name} must have shape (B, T) with at least one sequence of one token, "
+                          f"got {tuple(ids.shape)}")
     if ids.numel() and not torch.compiler.is_compiling():
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= limit:

@@ -19,7 +19,6 @@ fine-tuning loop of chapter 07 (`minillm.finetune.finetune`) trains them.
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -29,7 +28,7 @@ from torch import nn
 from minillm.errors import ConfigError
 from minillm.family import FamilyConfig, Stack, check_ids, init_weights, padding_mask
 from minillm.layers import ACTIVATIONS, FAMILY_MLPS, make_norm
-from minillm.model import read_hf_weights, resolve_hf_directory
+from minillm.model import hf_config_errors, read_hf_config, read_hf_weights, resolve_hf_directory
 
 
 class MaskedLM(nn.Module):
@@ -87,8 +86,10 @@ class MaskedLM(nn.Module):
                         device: torch.device | str | None = None) -> MaskedLM:  # fmt: skip
         """Load a Hugging Face `BertForMaskedLM` folder (config.json + model.safetensors) or hub name."""
         directory = resolve_hf_directory(name_or_directory)
-        hf = json.loads((directory / "config.json").read_text())
-        model = cls(config_from_bert(hf))
+        hf = read_hf_config(directory)
+        with hf_config_errors(directory):
+            config = config_from_bert(hf)
+        model = cls(config)
         load_state(model, bert_state_dict(read_hf_weights(directory), model.config), f"{directory} (bert)")
         return model.to(device) if device is not None else model
 

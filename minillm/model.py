@@ -17,10 +17,12 @@ configured by a `GPTConfig`:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -328,8 +330,10 @@ class GPT(nn.Module):
         only). Weights are loaded in float32.
         """
         directory = resolve_hf_directory(name_or_directory)
-        hf = json.loads((directory / "config.json").read_text())
-        model = cls(config_from_hf(hf))
+        hf = read_hf_config(directory)
+        with hf_config_errors(directory):
+            config = config_from_hf(hf)
+        model = cls(config)
         model.load_weights(hf_state_dict(read_hf_weights(directory), model.config, hf["model_type"]),
                            source=f"{directory} ({hf['model_type']})")  # fmt: skip
         return model.to(device) if device is not None else model
@@ -397,6 +401,28 @@ def resolve_hf_directory(name_or_directory: str | os.PathLike) -> Path:
             f"Hugging Face hub ({type(err).__name__}: {err}). Go online (and install huggingface_hub), "
             "or pass a directory holding config.json and model.safetensors."
         ) from err
+
+
+def read_hf_config(directory: Path) -> dict:
+    """The `config.json` of a Hugging Face folder as a dict; damaged JSON raises CheckpointError."""
+    path = directory / "config.json"
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the folder is damaged") from err
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} does not hold a model configuration (a JSON object)")
+    return hf
+
+
+@contextlib.contextmanager
+def hf_config_errors(directory: Path) -> Iterator[None]:
+    """Turn a field missing from (or mistyped in) a Hugging Face config.json into a CheckpointError."""
+    try:
+        yield
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{directory / 'config.json'} lacks or mistypes a field the model needs "
+                              f"({type(err).__name__}: {err}); the folder is damaged or not a model folder") from err
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:

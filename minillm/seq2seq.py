@@ -23,7 +23,6 @@ post-LN, GELU, a final logits bias) folders. The forward pass returns
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 from minillm.errors import ConfigError
 from minillm.family import FamilyConfig, Stack, check_ids, init_weights, padding_mask
 from minillm.masked_lm import load_state
-from minillm.model import read_hf_weights, resolve_hf_directory
+from minillm.model import hf_config_errors, read_hf_config, read_hf_weights, resolve_hf_directory
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
@@ -248,9 +247,10 @@ class Seq2SeqLM(nn.Module):
                         device: torch.device | str | None = None) -> Seq2SeqLM:  # fmt: skip
         """Load a Hugging Face `T5ForConditionalGeneration` or `BartForConditionalGeneration` folder (or hub name)."""
         directory = resolve_hf_directory(name_or_directory)
-        hf = json.loads((directory / "config.json").read_text())
+        hf = read_hf_config(directory)
         weights = read_hf_weights(directory)
-        config = config_from_hf_seq2seq(hf, weights)
+        with hf_config_errors(directory):
+            config = config_from_hf_seq2seq(hf, weights)
         model = cls(config)
         rename = t5_state_dict if hf["model_type"] == "t5" else bart_state_dict
         load_state(model, rename(weights, config), f"{directory} ({hf['model_type']})")

@@ -14,6 +14,7 @@ same text without it.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from minillm.attention import AttentionConfig, CausalSelfAttention, RelativePositionBias, relative_position_bucket
-from minillm.errors import ConfigError
+from minillm.errors import CheckpointError, ConfigError
 from minillm.family import FamilyConfig
 from minillm.finetune import FinetuneConfig, finetune
 from minillm.layers import Block
@@ -171,6 +172,24 @@ def test_masked_lm_bad_input_is_explained(bert_dir, tmp_path):
         MaskedLM.from_pretrained(_save(gpt2, tmp_path, "gpt2"))
     with pytest.raises(ConfigError, match="T5 and BART.*'bert'.*MaskedLM.from_pretrained"):
         Seq2SeqLM.from_pretrained(bert_dir)
+    with pytest.raises(ConfigError, match="at least one sequence of one token"):
+        model(torch.zeros(1, 0, dtype=torch.long))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (broken / name).write_bytes((bert_dir / name).read_bytes())
+    config = json.loads((bert_dir / "config.json").read_text())
+    del config["hidden_size"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="lacks or mistypes a field"):
+        MaskedLM.from_pretrained(broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Seq2SeqLM.from_pretrained(broken)
+    (broken / "model.safetensors").write_bytes(b"truncated")
+    (broken / "config.json").write_text((bert_dir / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        MaskedLM.from_pretrained(broken)
     with pytest.raises(ConfigError, match="encoder-only"):
         MaskedLM(FamilyConfig(**{**TINY.__dict__, "n_decoder_layer": 1}))
     with pytest.raises(ConfigError, match="needs a decoder"):
