@@ -233,3 +233,16 @@ def init_weights(model: nn.Module, std: float) -> None:
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `model`; every key and shape must match, else a ConfigError naming the differences."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ConfigError(f"{source} does not match the model: missing keys {missing[:6]}, "
+                          f"unexpected keys {unexpected[:6]}, wrong shapes {wrong[:6]}")  # fmt: skip
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k])

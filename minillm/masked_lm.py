@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillm.errors import ConfigError
-from minillm.family import FamilyConfig, Stack, check_ids, init_weights, padding_mask
+from minillm.family import FamilyConfig, Stack, check_ids, init_weights, load_state, padding_mask
 from minillm.layers import ACTIVATIONS, FAMILY_MLPS, make_norm
 from minillm.model import hf_config_errors, read_hf_config, read_hf_weights, resolve_hf_directory
 
@@ -229,17 +229,3 @@ def bert_state_dict(hf: dict[str, torch.Tensor], config: FamilyConfig) -> dict[s
     for key, pieces in qkv.items():
         out[key] = torch.cat([pieces[n] for n in ("query", "key", "value")], dim=0)
     return out
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `state` into `model`; every key and shape must match, else a ConfigError naming the differences."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]  # fmt: skip
-    if missing or unexpected or wrong:
-        raise ConfigError(f"{source} does not match the model: missing keys {missing[:6]}, "
-                          f"unexpected keys {unexpected[:6]}, wrong shapes {wrong[:6]}")  # fmt: skip
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k])

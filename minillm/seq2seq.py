@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minillm.errors import ConfigError
-from minillm.family import FamilyConfig, Stack, check_ids, init_weights, padding_mask
-from minillm.masked_lm import load_state
+from minillm.attention import KVCache
+from minillm.family import FamilyConfig, Stack, check_ids, init_weights, load_state, padding_mask
 from minillm.model import hf_config_errors, read_hf_config, read_hf_weights, resolve_hf_directory
 
 
@@ -71,7 +71,7 @@ class Seq2SeqLM(nn.Module):
         memory: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
         memory_mask: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
-        kv_cache=None,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Decoder ids (B, T) and the encoder's memory -> logits (B, T, V).
 
