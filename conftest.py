@@ -60,9 +60,10 @@ def _runs_chapters(config) -> bool:
 
 
 def pytest_configure(config):
-    """Train the book model once, before the notebooks start, when a run includes the chapters.
+    """Train the book model (and its chat version) once, before the notebooks start, when a run includes the chapters.
 
-    Chapters 03, 05, 07 and 08 load the book model (`minillm.book_run`). Trained inside one
+    Chapters 03, 05, 07 and 08 and the appendix load the book model (`minillm.book_run`); chapter 07
+    and appendix C the chat model (`minillm.pretrained.book_chat_run`). Trained inside one
     notebook while the other xdist worker runs, two processes of two threads each share two
     cores and the run crawls; trained here first, alone, it takes its normal time and every
     notebook then loads it from the cache. Workers (and runs without the chapters) skip this.
@@ -71,9 +72,13 @@ def pytest_configure(config):
         return
     import time
 
-    from minillm.pretrained import book_run
+    from minillm.pretrained import book_chat_run, book_run
 
     start = time.perf_counter()
     folder, trained = book_run(progress=False)
     what = "trained" if trained else "found cached"
     print(f"\nbook model {what} in {time.perf_counter() - start:.0f} s: {folder}", flush=True)
+    start = time.perf_counter()
+    folder, trained = book_chat_run()  # chapter 07's instruction tuning, which appendix C serves
+    what = "tuned" if trained else "found cached"
+    print(f"book chat model {what} in {time.perf_counter() - start:.0f} s: {folder}", flush=True)

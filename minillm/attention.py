@@ -188,11 +188,19 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Rotate x: (B, H, T, D) whose tokens sit at positions start .. start + T - 1."""
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
+        """Rotate x: (B, H, T, D) whose tokens sit at positions start .. start + T - 1.
+
+        `start` is one int for the whole batch, or a (B,) tensor: row b starts at
+        start[b] (continuous batching, `minillm.batching.SlotKVCache`).
+        """
         t = x.size(-2)
-        cos = self.cos[start : start + t].to(x.dtype)  # (T, D)
-        sin = self.sin[start : start + t].to(x.dtype)
+        if isinstance(start, torch.Tensor):
+            where = start[:, None] + torch.arange(t, device=start.device)  # (B, T)
+            cos, sin = self.cos[where][:, None].to(x.dtype), self.sin[where][:, None].to(x.dtype)  # (B, 1, T, D)
+        else:
+            cos = self.cos[start : start + t].to(x.dtype)  # (T, D)
+            sin = self.sin[start : start + t].to(x.dtype)
         return x * cos + rotate_half(x) * sin
 
 
@@ -305,6 +313,10 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything (start a new sequence); the memory is kept."""
         self.length = 0
+
+    def key_mask(self) -> torch.Tensor | None:
+        """Which cached keys each row may see beyond causality: None, all of them (one shared length)."""
+        return None
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep batch rows `rows` (B',) in that order: in beam search each beam continues one of the previous ones."""
@@ -446,6 +458,8 @@ class CausalSelfAttention(nn.Module):
             q, k = self.rotary(q, start), self.rotary(k, start)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, Hkv, S, D), S = start + T
+            if mask is None:
+                mask = kv_cache.key_mask()  # None, or (B, S) for a cache whose rows have their own lengths
         s = k.size(2)
         k, v = repeat_kv(k, h // h_kv), repeat_kv(v, h // h_kv)  # (B, H, S, D)
         p, scale, causal = self.config.dropout if self.training else 0.0, self.config.scale, self.config.causal

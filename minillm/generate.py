@@ -23,6 +23,7 @@ and the judge of chapter 08 all write text through them.
 
 from __future__ import annotations
 
+import codecs
 import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
@@ -252,32 +253,79 @@ def stream_text(
 def _pieces(steps: Iterator[torch.Tensor], tokenizer: Tokenizer, stop_ids: frozenset[int],
             stops: tuple[str, ...]) -> Iterator[str]:  # fmt: skip
     """The text of the tokens of `steps` (each (1,)), in pieces; see `stream_text`."""
-    pending: list[int] = []  # new tokens whose text is not yet in `text` (maybe half a character)
-    text, sent = "", 0  # the new text decoded so far; how much of it was yielded
+    decoder = TextDecoder(tokenizer, stops, stop_ids)
     try:
         for token in steps:
-            token_id = int(token[0])
-            if token_id in stop_ids:
-                break
-            pending.append(token_id)
-            piece = tokenizer.decode(pending)
-            if piece.endswith("\ufffd"):  # maybe an incomplete UTF-8 character: wait for its next bytes
-                continue
-            text += piece
-            pending.clear()
-            end, found = _stop_cut(text, sent, stops, final=False)
-            if end > sent:
-                yield text[sent:end]
-                sent = end
-            if found:
+            piece = decoder.push(int(token[0]))
+            if piece:
+                yield piece
+            if decoder.stopped:
                 return
-        if pending:  # bytes that never became a character: their U+FFFD is the honest text
-            text += tokenizer.decode(pending)
-        end, _ = _stop_cut(text, sent, stops, final=True)
-        if end > sent:
-            yield text[sent:end]
+        piece = decoder.finish()
+        if piece:
+            yield piece
     finally:
         steps.close()  # restores the model's training flag even when the caller stops early
+
+
+class TextDecoder:
+    """New tokens in, text out: the incremental detokenizer of `stream_text` and of the server (appendix C).
+
+    `push(token_id)` returns the text that may be shown now (maybe ""): a piece
+    never ends inside a multi-byte UTF-8 character nor with what could be the
+    start of a stop string. With a byte-level tokenizer (one with
+    `decode_bytes`) the bytes go through an incremental UTF-8 decoder, which
+    holds back only a valid incomplete character and turns invalid bytes into
+    U+FFFD at once; otherwise text is held back while it decodes to a trailing
+    U+FFFD. A token of `stop_ids` (which returns what was held back) or a
+    `stops` string sets `stopped`; the stop and what follows it are never
+    returned. `finish()` returns what was held back when the tokens end for
+    another reason (a budget). The pieces join to `tokenizer.decode` of the
+    tokens, cut at the stop.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: tuple[str, ...] = (), stop_ids: frozenset[int] = frozenset()):
+        self.tokenizer, self.stops, self.stop_ids = tokenizer, stops, stop_ids
+        self.pending: list[int] = []  # new tokens whose text is not yet in `text` (maybe half a character)
+        self.bytes = codecs.getincrementaldecoder("utf-8")("replace") if hasattr(tokenizer, "decode_bytes") else None
+        self.text, self.sent = "", 0  # the new text decoded so far; how much of it was returned
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """The text that token `token_id` makes showable (maybe ""); sets `stopped` at a stop."""
+        if self.stopped:
+            return ""
+        if token_id in self.stop_ids:  # the end: what was held back is the text's end
+            piece = self.finish()
+            self.stopped = True
+            return piece
+        if self.bytes is not None:
+            piece = self.bytes.decode(self.tokenizer.decode_bytes([token_id]), final=False)
+        else:
+            self.pending.append(token_id)
+            piece = self.tokenizer.decode(self.pending)
+            if piece.endswith("\ufffd"):  # maybe an incomplete UTF-8 character: wait for its next bytes
+                return ""
+            self.pending.clear()
+        self.text += piece
+        end, self.stopped = _stop_cut(self.text, self.sent, self.stops, final=False)
+        return self._release(end)
+
+    def finish(self) -> str:
+        """What is still held back (bytes that never became a character decode to U+FFFD, the honest text)."""
+        if self.stopped:
+            return ""
+        if self.bytes is not None:
+            self.text += self.bytes.decode(b"", final=True)
+        elif self.pending:
+            self.text += self.tokenizer.decode(self.pending)
+            self.pending.clear()
+        end, _ = _stop_cut(self.text, self.sent, self.stops, final=True)
+        return self._release(end)
+
+    def _release(self, end: int) -> str:
+        piece, self.sent = self.text[self.sent : end], max(end, self.sent)
+        return piece
 
 
 def _stop_cut(text: str, start: int, stops: tuple[str, ...], final: bool) -> tuple[int, bool]:

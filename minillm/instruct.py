@@ -57,6 +57,63 @@ def format_prompt(example: dict, template: str = "alpaca") -> str:
     return f"<|user|>\n{user}<|end|>\n<|assistant|>\n"
 
 
+def format_chat(messages: list[dict]) -> str:
+    """A conversation in the chat template, ending where the assistant's next turn starts (appendix C).
+
+    `messages`: OpenAI-style `{"role": "system" | "user" | "assistant", "content": str}`
+    dicts. The template has no system role: a system message's text opens the
+    next user turn. One user message gives exactly `format_prompt({...}, "chat")`.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    text, system = "", []
+    for i, message in enumerate(messages):
+        role, content = (message.get("role"), message.get("content")) if isinstance(message, dict) else (None, None)
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise DataError(f"message {i} must have a role of system, user or assistant and a string content, "
+                            f"got {message!r}")  # fmt: skip
+        if role == "system":
+            system.append(content)
+        elif role == "user":
+            text += "<|user|>\n" + "\n\n".join([*system, content]) + "<|end|>\n"
+            system = []
+        else:
+            text += "<|assistant|>\n" + content + "<|end|>\n"
+    if messages[-1]["role"] != "user":
+        raise DataError("the last message must be the user's: the model writes the assistant's answer to it")
+    return text + "<|assistant|>\n"
+
+
+def encode_chat(messages: list[dict], tokenizer: Tokenizer) -> list[int]:
+    """Token ids of `format_chat(messages)` in which only the template's markers are special tokens.
+
+    A message's text is encoded as plain text: "<|end|>" typed by a user is
+    characters, never the marker (no prompt injection through the template).
+    Raises DataError when the tokenizer lacks the chat markers (a base model).
+    """
+    missing = [t for t in CHAT_TOKENS if t not in tokenizer.special_tokens]
+    if missing:
+        raise DataError(f"this tokenizer has no chat template (missing {missing}): the model was not "
+                        "instruction-tuned with the chat template")  # fmt: skip
+    text = format_chat(messages)  # checks the messages
+    pieces: list[tuple[bool, str]] = []  # (is a marker, text), rebuilt from the messages, never searched for
+    system: list[str] = []
+    for message in messages:
+        if message["role"] == "system":
+            system.append(message["content"])
+            continue
+        role, content = ("<|user|>", "\n\n".join([*system, message["content"]])) if message["role"] == "user" \
+            else ("<|assistant|>", message["content"])
+        pieces += [(True, role), (False, "\n" + content), (True, "<|end|>"), (False, "\n")]
+        system = [] if message["role"] == "user" else system
+    pieces += [(True, "<|assistant|>"), (False, "\n")]
+    assert "".join(p for _, p in pieces) == text
+    ids: list[int] = []
+    for marker, piece in pieces:
+        ids += [tokenizer.special_tokens[piece]] if marker else tokenizer.encode_ordinary(piece)
+    return ids
+
+
 def end_token(template: str) -> str:
     """The special token that ends a response: <|endoftext|> (alpaca) or <|end|> (chat)."""
     return ENDOFTEXT if template == "alpaca" else "<|end|>"

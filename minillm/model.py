@@ -191,10 +191,13 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ConfigError(f"token ids must have shape (B, T), got {tuple(idx.shape)}")
         b, t = idx.shape
-        start = kv_cache.length if kv_cache is not None else 0
-        if start + t > c.context_length:
+        start = kv_cache.length if kv_cache is not None else 0  # an int, or (B,) when each row has its own
+        if isinstance(start, torch.Tensor) and start.shape != (b,):
+            raise ConfigError(f"the KV cache has {start.numel()} rows in use, the batch has {b} sequences")
+        longest = int(start.max()) + t if isinstance(start, torch.Tensor) else start + t
+        if longest > c.context_length:
             raise ConfigError(
-                f"sequence of {start + t} tokens is longer than the context length {c.context_length}; "
+                f"sequence of {longest} tokens is longer than the context length {c.context_length}; "
                 "crop the input (e.g. idx[:, -context_length:]) or reset the KV cache"
             )
         if not torch.compiler.is_compiling() and idx.numel():
@@ -202,10 +205,14 @@ class GPT(nn.Module):
             if lo < 0 or hi >= c.vocab_size:
                 raise ConfigError(f"token ids must be in [0, {c.vocab_size}), got values in [{lo}, {hi}]")
         x = self.tok_emb(idx)  # (B, T, C)
+        if isinstance(start, torch.Tensor):  # row b at positions start[b] .. start[b] + t - 1
+            where = start[:, None].to(idx.device) + torch.arange(t, device=idx.device)  # (B, T)
+        else:
+            where = torch.arange(start, start + t, device=idx.device)  # (T,)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
+            x = x + self.pos_emb(where)
         elif c.positions == "sinusoidal":
-            x = x + self.pos_table[start : start + t].to(x.dtype)
+            x = x + self.pos_table[where].to(x.dtype)
         x = self.dropout(x)
         for layer, block in enumerate(self.blocks):
             x = block(x, kv_cache, layer)

@@ -11,6 +11,12 @@ absent: the digest covers every setting, so a changed preset never serves a
 stale model. `MINILLM_BOOK_SCALE=gpu` (`minillm.config.book_scale`) selects
 the GPU-scale run (`BOOK_GPU`).
 
+**The book's chat model** (`book_chat_model()`) is the book model after chapter
+07's instruction tuning (`tune_book_chat`, the recipe `BOOK_CHAT`): the chat
+template's markers added, prompt masking, generated list instructions on the
+CPU. `book_chat_run()` caches it like `book_run` (keyed by the book model's
+config and the recipe); chapter 07 calls it, appendix C serves it.
+
 **Tiny models** (`pretrained_tiny(name)`) are older, smaller runs kept for tests
 and quick experiments. `pretrained_tiny(name)` trains the run `minillm.config.TINY[name]`
 names (about a minute on a laptop CPU, deterministic: fixed seed) the first
@@ -21,17 +27,26 @@ a run can never serve a stale model.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from minillm.checkpoint import load_model, save_model_folder
 from minillm.config import TINY, TrainConfig, apply_overrides, book_scale, preset_config, tiny_config
 from minillm.data import cache_dir
 from minillm.errors import ConfigError
-from minillm.fileio import FolderLock
+from minillm.fileio import FolderLock, atomic_write
+from minillm.finetune import FinetuneConfig, FinetuneResult, finetune
+from minillm.instruct import add_special_tokens, instruction_loader, instruction_splits, resize_vocab
 from minillm.model import GPT
+from minillm.synthetic import list_tasks
 from minillm.train import train
 
 
@@ -118,3 +133,93 @@ def book_run(scale: str | None = None, progress: bool = False, root: str | os.Pa
 def book_model(scale: str | None = None, progress: bool = False) -> tuple[GPT, Any]:
     """The book model (model in eval mode, tokenizer): `book_run`'s checkpoint, trained first if needed."""
     return load_model(book_run(scale, progress)[0])
+
+
+#: Chapter 07's instruction tuning of the book model (section 4), per scale: which rows
+#: (`instructions`, `n_train` of them), optimizer steps, rows a step, peak learning rate, seed.
+BOOK_CHAT: dict[str, dict[str, Any]] = {
+    "cpu": dict(instructions="list-tasks", n_train=3000, steps=400, batch_size=32, lr=2e-3, seed=123),
+    "gpu": dict(instructions="alpaca", n_train=None, steps=180, batch_size=16, lr=3e-4, seed=123),
+}
+
+
+def _chat_recipe(scale: str | None) -> tuple[str, dict[str, Any]]:
+    scale = scale or book_scale()
+    if scale not in BOOK_CHAT:
+        raise ConfigError(f"scale must be one of {sorted(BOOK_CHAT)}, got {scale!r}")
+    return scale, BOOK_CHAT[scale]
+
+
+def book_chat_rows(scale: str | None = None) -> list[dict]:
+    """The instruction rows `tune_book_chat` trains on: generated list tasks (cpu) or Alpaca's train split (gpu)."""
+    _, recipe = _chat_recipe(scale)
+    if recipe["instructions"] == "list-tasks":
+        return list_tasks(recipe["n_train"], seed=0)
+    return instruction_splits(seed=recipe["seed"])["train"]
+
+
+def tune_book_chat(base: GPT, tokenizer: Any, scale: str | None = None) -> tuple[GPT, Any, FinetuneResult]:
+    """Chapter 07's instruction tuning: (tuned model, chat tokenizer, the `finetune` result).
+
+    The chat template's markers join the tokenizer (`add_special_tokens`) and the
+    model (`resize_vocab`, new rows at the mean embedding); the rows of
+    `book_chat_rows` are trained with the response tokens as the only targets
+    (`mask_prompt`), `BOOK_CHAT[scale]` steps of AdamW on a cosine schedule.
+    `base` is not changed.
+    """
+    scale, recipe = _chat_recipe(scale)
+    chat_tokenizer = add_special_tokens(tokenizer)
+    chat_base = resize_vocab(base, chat_tokenizer.vocab_size).eval()
+    torch.manual_seed(recipe["seed"])
+    tuned = copy.deepcopy(chat_base)
+    loader = instruction_loader(book_chat_rows(scale), chat_tokenizer, tuned.config.context_length,
+                                batch_size=recipe["batch_size"], template="chat", mask_prompt=True, shuffle=True,
+                                seed=recipe["seed"])  # fmt: skip
+    config = FinetuneConfig(max_steps=recipe["steps"], lr=recipe["lr"], min_lr=recipe["lr"] / 10, warmup_steps=20,
+                            eval_interval=recipe["steps"], device={"cpu": "cpu", "gpu": "cuda"}[scale])  # fmt: skip
+    result = finetune(tuned, loader, None, config, progress=False)
+    return tuned, chat_tokenizer, result
+
+
+def book_chat_run(scale: str | None = None, root: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """(the chat model's folder, whether this call trained it): `tune_book_chat` on `book_model()`, cached.
+
+    The folder is a model folder (`load_model` reads it) plus `tuning.json`: the
+    recipe, the seconds it took and the training records. Keyed by the book
+    model's run and the recipe; trained in a hidden folder and renamed when
+    finished; concurrent calls train once. On the CPU it trains with at most two
+    threads, as chapter 07 does, so the run is the same on every machine.
+    """
+    scale, recipe = _chat_recipe(scale)
+    book_folder = book_run(scale)[0]
+    digest = hashlib.sha256(json.dumps([book_folder.name, recipe], sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(root) if root is not None else cache_dir() / "book"
+    target = base / f"book-chat-{scale}-{digest}"
+    if target.is_dir():
+        return target, False
+    base.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(base / f".{target.name}.lock").acquire(wait=True)
+    threads = torch.get_num_threads()
+    try:
+        if target.is_dir():
+            return target, False
+        staging = base / f".{target.name}.training"
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
+        if scale == "cpu":
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+        model, tokenizer = load_model(book_folder)
+        tuned, chat_tokenizer, result = tune_book_chat(model, tokenizer, scale)
+        save_model_folder(staging, tuned, chat_tokenizer)
+        record = {"scale": scale, "recipe": recipe, "book_run": book_folder.name, "seconds": result.seconds,
+                  "steps": result.steps, "history": result.history}  # fmt: skip
+        atomic_write(staging / "tuning.json", json.dumps(record, indent=1))
+        os.replace(staging, target)
+        return target, True
+    finally:
+        torch.set_num_threads(threads)
+        lock.release()
+
+
+def book_chat_model(scale: str | None = None) -> tuple[GPT, Any]:
+    """The book's chat model (model in eval mode, chat tokenizer): `book_chat_run`'s folder, tuned first if needed."""
+    return load_model(book_chat_run(scale)[0])

@@ -26,11 +26,11 @@ import minillm
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "fileio", "device", "scaling"),  # utilities
     1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks", "synthetic"),  # data
-    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq"),  # model
+    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
     5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks"),  # loops
-    6: ("cli", "bench", "diagrams", "exercises", "__main__", "__init__"),  # applications
+    6: ("cli", "bench", "diagrams", "exercises", "serve", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 LAZY = frozenset({"cli", "bench", "__init__"})  # units that may import package modules inside functions

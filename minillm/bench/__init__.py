@@ -20,6 +20,7 @@ BENCHMARKS = {
     "finetune": "minillm.bench.finetune",
     "scaling": "minillm.bench.scaling",
     "gpu": "minillm.bench.gpu",
+    "serve": "minillm.bench.serve",
 }
 
 

@@ -8,6 +8,7 @@ argparse code. Each command is a thin layer: parse, call the library, print.
 * `minillm.cli.finetune`: `finetune` (chapter 07);
 * `minillm.cli.evaluate`: `evaluate` (chapter 08);
 * `minillm.cli.export`: `export` (chapter 05);
+* `minillm.cli.serve`: `serve` (appendix C);
 * `minillm.cli.common`: what they share (the parser class, rank-0 output, logging).
 
 `python -m minillm --help` imports no torch: a command's handler imports the
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import sys
 
-from minillm.cli import data, evaluate, export, finetune, train
+from minillm.cli import data, evaluate, export, finetune, serve, train
 from minillm.cli.common import Parser, UsageError, logging_to_stderr
 from minillm.errors import MinillmError
 
 #: The modules whose `add_commands(subparsers)` register the commands, in the order `--help` lists them.
-COMMAND_MODULES = (data, train, finetune, evaluate, export)
+COMMAND_MODULES = (data, train, finetune, evaluate, export, serve)
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,386 @@
+"""Continuous batching: many requests decoded together, each in its own slot of one KV cache (appendix C).
+
+A server that decodes one request at a time leaves most of the hardware idle:
+a decode step reads every weight to produce one token for one sequence. Run
+the step for 16 sequences at once and it costs little more. Requests do not
+arrive together, though, nor end together. *Continuous batching* (Orca, Yu et
+al. 2022; vLLM) admits new requests between decode steps and lets a finished
+one leave at once, so no request waits for the longest in its batch.
+
+* `SlotKVCache`: keys and values of `slots` sequences, each row filled to its
+  own length. A decode step feeds one token per active row; the cache writes
+  each row's keys at that row's position, gives each row its own position
+  (`length` is a (B,) tensor: learned positions and RoPE read it) and a key
+  mask that hides the empty end of every row.
+* `BatchEngine`: a thread that owns the model. `submit(Request)` queues a
+  request (a full queue raises `QueueFull`); between decode steps the engine
+  prefills waiting requests alone (one forward pass over the prompt, copied
+  into a free slot) and then decodes every active row in one forward pass.
+  Each request samples with its own temperature, top-k/top-p and seeded
+  generator, and its tokens become text through `minillm.generate.TextDecoder`
+  (stop strings, whole UTF-8 characters). Events reach the caller through the
+  request's `Handle` (a thread-safe queue, or an asyncio queue for a server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from minillm.attention import KVCache
+from minillm.errors import ConfigError, MinillmError
+from minillm.generate import TextDecoder, check_sampling, filter_logits
+from minillm.model import GPT
+from minillm.tokenizer import Tokenizer
+
+
+class QueueFull(MinillmError):
+    """The engine's waiting queue is at its bound: try again later (HTTP 429)."""
+
+
+class SlotKVCache:
+    """Keys and values of `slots` independent sequences, row r filled to `lengths[r]`.
+
+    Shapes as `minillm.attention.KVCache`: (n_layer, slots, Hkv, max_len, D).
+    `use(rows)` picks the rows the next forward pass runs on, in order (B,);
+    that pass must feed exactly one token per row. `insert(slot, cache)` copies
+    a prefilled single-sequence `KVCache` into a slot.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_kv_head: int, head_dim: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+        shape = (n_layer, slots, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.rows = torch.arange(slots, device=device)
+        self._positions = torch.arange(max_len, device=device)
+
+    @classmethod
+    def for_model(cls, model: GPT, slots: int) -> SlotKVCache:
+        """An empty cache of `slots` rows of the model's context length, on its device and dtype."""
+        c, w = model.config, model.tok_emb.weight
+        return cls(c.n_layer, slots, c.kv_heads, c.d_model // c.n_head, c.context_length, w.device, w.dtype)
+
+    def use(self, rows: Sequence[int] | torch.Tensor) -> SlotKVCache:
+        """Run the next forward pass on these rows (B,), in this order; returns self."""
+        self.rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
+        return self
+
+    @property
+    def length(self) -> torch.Tensor:
+        """(B,): how many positions each row in use holds (where its next token sits)."""
+        return self.lengths[self.rows]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, 1, D) at each row's own position; return all keys, values (B, Hkv, max_len, D)."""
+        if k.size(-2) != 1 or k.size(0) != self.rows.numel():
+            raise ConfigError(f"a SlotKVCache takes one token for each of its {self.rows.numel()} rows in use, "
+                              f"got keys of shape {tuple(k.shape)}; prefill with a KVCache and insert() it")  # fmt: skip
+        at = self.lengths[self.rows]
+        if int(at.max()) >= self.max_len:
+            raise ConfigError(f"a row of the SlotKVCache is full ({self.max_len} positions)")
+        self.k[layer, self.rows, :, at] = k[:, :, 0]
+        self.v[layer, self.rows, :, at] = v[:, :, 0]
+        return self.k[layer, self.rows], self.v[layer, self.rows]
+
+    def key_mask(self) -> torch.Tensor:
+        """(B, max_len) bool: the keys each row may see, its filled positions and the one just written."""
+        return self._positions[None, :] <= self.lengths[self.rows][:, None]
+
+    def advance(self, n: int) -> None:
+        """Mark n more positions as filled in each row in use (called once per forward pass)."""
+        self.lengths[self.rows] += n
+
+    def insert(self, slot: int, cache: KVCache, row: int = 0) -> None:
+        """Copy sequence `row` of a `KVCache` (its `length` positions) into `slot`, which it now owns."""
+        n = cache.length
+        if n > self.max_len:
+            raise ConfigError(f"a sequence of {n} positions does not fit a slot of {self.max_len}")
+        self.k[:, slot, :, :n] = cache.k[:, row, :, :n]
+        self.v[:, slot, :, :n] = cache.v[:, row, :, :n]
+        self.lengths[slot] = n
+
+    def release(self, slot: int) -> None:
+        """Free `slot` (its contents are overwritten by the next insert)."""
+        self.lengths[slot] = 0
+
+
+@dataclasses.dataclass
+class Request:
+    """One sequence to generate: prompt token ids and how to decode them.
+
+    `max_tokens` new tokens at most; `temperature` 0 is greedy; `stop`: strings
+    that end the text (not returned); `stop_ids`: tokens that end it (e.g.
+    <|endoftext|>, a chat template's <|end|>); `seed` seeds this request's own
+    generator (None: a random one); `timeout`: seconds from submission after
+    which it ends with finish reason "timeout".
+    """
+
+    ids: list[int]
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    stop_ids: frozenset[int] = frozenset()
+    seed: int | None = None
+    timeout: float | None = None
+
+    def check(self, context_length: int, vocab_size: int | None = None) -> None:
+        """Raise ConfigError when the request cannot run (empty prompt, unknown ids, too long, bad settings)."""
+        if not self.ids:
+            raise ConfigError("the prompt encodes to no tokens")
+        if vocab_size is not None and not all(isinstance(i, int) and 0 <= i < vocab_size for i in self.ids):
+            raise ConfigError(f"the prompt's token ids must be integers in [0, {vocab_size})")
+        if self.seed is not None and not (isinstance(self.seed, int) and -(2**63) <= self.seed < 2**64):
+            raise ConfigError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if len(self.ids) + self.max_tokens > context_length:
+            raise ConfigError(f"the prompt has {len(self.ids)} tokens and max_tokens is {self.max_tokens}: together "
+                              f"{len(self.ids) + self.max_tokens}, more than the model's context of "
+                              f"{context_length} tokens")  # fmt: skip
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+
+class Handle:
+    """What `BatchEngine.submit` returns: the request's events, in order.
+
+    Events are tuples: ("text", piece) as text becomes showable, then one
+    ("done", finish_reason, completion_tokens) with finish_reason "stop" (a
+    stop token or string), "length" (max_tokens), "timeout" or "cancelled";
+    or ("error", message). With `loop` (an asyncio loop) they go to
+    `self.queue`, an `asyncio.Queue`; else to a `queue.Queue` read by `events()`.
+    """
+
+    def __init__(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.request, self.loop = request, loop
+        self.queue: asyncio.Queue | queue.Queue = asyncio.Queue() if loop is not None else queue.Queue()
+        self.cancelled = threading.Event()
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def put(self, event: tuple) -> None:
+        if self.loop is None:
+            self.queue.put(event)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def cancel(self) -> None:
+        """Stop generating (a client went away): the engine frees the slot before its next step."""
+        self.cancelled.set()
+
+    def events(self, timeout: float | None = None) -> Iterator[tuple]:
+        """Yield events until "done" or "error" (thread-safe queue handles only)."""
+        if self.loop is not None:
+            raise ConfigError("this handle delivers to an asyncio queue: await handle.queue.get()")
+        while True:
+            event = self.queue.get(timeout=timeout)
+            yield event
+            if event[0] in ("done", "error"):
+                return
+
+    def result(self, timeout: float | None = None) -> tuple[str, str, int]:
+        """(text, finish_reason, completion_tokens), waiting for the end; raises MinillmError on an error event."""
+        pieces = []
+        for event in self.events(timeout):
+            if event[0] == "text":
+                pieces.append(event[1])
+            elif event[0] == "error":
+                raise MinillmError(event[1])
+            else:
+                return "".join(pieces), event[1], event[2]
+        raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass
+class _Active:
+    """A request in a slot: its handle, decoder, generator, last token and count of new tokens."""
+
+    handle: Handle
+    decoder: TextDecoder
+    generator: torch.Generator
+    last: int = 0
+    produced: int = 0
+
+
+class BatchEngine:
+    """Decode many requests together on one model, admitting new ones between steps (continuous batching).
+
+    `max_batch` slots decode at once; up to `max_queue` more wait (beyond that
+    `submit` raises `QueueFull`). `start()` runs the loop in a daemon thread;
+    `close()` stops it and ends every request still queued or running with
+    ("error", ...). `batch_sizes` and `queue_sizes` record the rows of each
+    decode step and the requests still waiting then (for measurement). The model runs in eval mode, no gradients.
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 64) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.cache = SlotKVCache.for_model(model, max_batch)
+        self.device = model.tok_emb.weight.device
+        self._waiting: collections.deque[Handle] = collections.deque()
+        self._slots: dict[int, _Active] = {}
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.batch_sizes: list[int] = []  # rows of each decode step
+        self.queue_sizes: list[int] = []  # requests still waiting at each decode step
+
+    # -- the caller's side --------------------------------------------------
+
+    def start(self) -> BatchEngine:
+        """Start the decoding thread (once); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="minillm-batch-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        """Queue `request` (checked first) and return its `Handle`; QueueFull when the queue is at its bound."""
+        request.check(self.model.config.context_length, self.model.config.vocab_size)
+        handle = Handle(request, loop)
+        with self._wake:
+            if self._closing:
+                raise MinillmError("the engine is shut down")
+            free = self.max_batch - len(self._slots)  # requests that will not wait: they take a slot at once
+            if len(self._waiting) >= self.max_queue + max(free, 0):
+                raise QueueFull(f"{len(self._waiting)} requests are waiting already (the bound is {self.max_queue})")
+            self._waiting.append(handle)
+            self._wake.notify()
+        return handle
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread; every request still waiting or running ends with an error event."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        else:  # never started: nobody else will answer the waiting requests
+            self._fail_all("the engine was closed before it started")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the decoding thread runs and takes requests."""
+        return self._thread is not None and self._thread.is_alive() and not self._closing
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(requests decoding now, requests waiting)."""
+        return len(self._slots), len(self._waiting)
+
+    # -- the engine's thread ------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self._wake:
+                        while not self._closing and not self._waiting and not self._slots:
+                            self._wake.wait()
+                        if self._closing:
+                            break
+                    self._admit()
+                    if self._slots:
+                        self._step()
+        except Exception as err:  # a bug or a device error: end every request with it, keep nothing running
+            self._fail_all(f"the engine stopped: {type(err).__name__}: {err}")
+            raise
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
+        with self._wake:
+            self._closing = True
+            handles = list(self._waiting) + [a.handle for a in self._slots.values()]
+            self._waiting.clear()
+            self._slots.clear()
+        for handle in handles:
+            handle.put(("error", message))
+
+    def _admit(self) -> None:
+        """Prefill waiting requests into free slots (each alone: one pass over its prompt)."""
+        while len(self._slots) < self.max_batch:
+            with self._wake:
+                if not self._waiting:
+                    return
+                handle = self._waiting.popleft()
+            if self._expired(handle):
+                continue
+            req = handle.request
+            try:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(req.seed if req.seed is not None else secrets.randbits(63))  # global RNG untouched
+                active = _Active(handle, TextDecoder(self.tokenizer, req.stop, req.stop_ids), generator)
+                cache = self.model.new_kv_cache(1, len(req.ids))
+                logits, _ = self.model(torch.tensor([req.ids], device=self.device), kv_cache=cache, only_last=True)
+            except (MinillmError, ValueError, TypeError, IndexError) as err:  # this request's fault: only it fails
+                handle.put(("error", f"cannot start this request: {err}"))
+                continue
+            slot = next(s for s in range(self.max_batch) if s not in self._slots)
+            self.cache.insert(slot, cache)
+            self._slots[slot] = active
+            self._emit(slot, logits[:, -1])
+
+    def _step(self) -> None:
+        """One forward pass over every active row, then each row samples its next token."""
+        for slot in [s for s, a in self._slots.items() if self._expired(a.handle, s)]:
+            self._finish(slot, "timeout" if not self._slots[slot].handle.cancelled.is_set() else "cancelled")
+        if not self._slots:
+            return
+        slots = sorted(self._slots)
+        idx = torch.tensor([[self._slots[s].last] for s in slots], device=self.device)
+        logits, _ = self.model(idx, kv_cache=self.cache.use(slots))
+        self.batch_sizes.append(len(slots))
+        self.queue_sizes.append(len(self._waiting))
+        for row, slot in enumerate(slots):
+            self._emit(slot, logits[row : row + 1, -1])
+
+    def _emit(self, slot: int, logits: torch.Tensor) -> None:
+        """Sample the next token of `slot` from logits (1, V), send its text, finish the request if it ended."""
+        active = self._slots[slot]
+        req = active.handle.request
+        if req.temperature == 0:
+            token = int(logits.argmax(dim=-1))
+        else:
+            probs = filter_logits(logits.float(), req.temperature, req.top_k, req.top_p)
+            token = int(torch.multinomial(probs, 1, generator=active.generator))
+        if active.handle.first_token_at is None:
+            active.handle.first_token_at = time.perf_counter()
+        active.last, active.produced = token, active.produced + 1
+        piece = active.decoder.push(token)
+        if piece:
+            active.handle.put(("text", piece))
+        if active.decoder.stopped:
+            self._finish(slot, "stop")
+        elif active.produced >= req.max_tokens:
+            piece = active.decoder.finish()
+            if piece:
+                active.handle.put(("text", piece))
+            self._finish(slot, "length")
+
+    def _finish(self, slot: int, reason: str) -> None:
+        active = self._slots.pop(slot)
+        self.cache.release(slot)
+        active.handle.put(("done", reason, active.produced))
+
+    def _expired(self, handle: Handle, slot: int | None = None) -> bool:
+        """Whether the request was cancelled or ran past its timeout (a waiting one is answered here)."""
+        req = handle.request
+        late = req.timeout is not None and time.perf_counter() - handle.submitted > req.timeout
+        if slot is None and (late or handle.cancelled.is_set()):
+            handle.put(("done", "cancelled" if handle.cancelled.is_set() else "timeout", 0))
+        return late or handle.cancelled.is_set()
