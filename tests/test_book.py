@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -251,3 +252,35 @@ def test_the_gpu_book_settings_still_build_and_step_on_a_cpu(tmp_path, one_threa
     assert result.step == 1 and math.isfinite(result.history[-1]["train_loss"])
     assert result.model.config.d_model == pretrained.BOOK_GPU["d_model"]
     assert result.model.config.context_length == pretrained.BOOK_GPU["context_length"]
+
+
+def test_book_chat_run_tunes_the_recipe_once_and_caches_it(tmp_path, monkeypatch, one_thread):
+    """book_chat_run = tune_book_chat on the book model (a tiny stand-in here, 3 steps): trained once,
+    cached under a key of the book run and the recipe, its weights those of a direct call, no debris."""
+    from minillm.checkpoint import load_model, save_model_folder
+    from minillm.instruct import CHAT_TOKENS
+
+    tokenizer = BPETokenizer.train(" ".join(f"[{i}, {i + 1}] {i}" for i in range(200)), 300)
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=64, d_model=32, n_layer=2, n_head=4))
+    book = save_model_folder(tmp_path / "book" / "book-cpu-tiny", base, tokenizer)
+    monkeypatch.setattr(pretrained, "book_run", lambda scale=None, progress=False, root=None: (book, False))
+    monkeypatch.setitem(pretrained.BOOK_CHAT, "cpu", dict(pretrained.BOOK_CHAT["cpu"], n_train=48, steps=3,
+                                                          batch_size=8))  # fmt: skip
+    stale = tmp_path / "chat" / ".book-chat-cpu-x.training"
+    stale.mkdir(parents=True)
+    folder, trained_now = pretrained.book_chat_run("cpu", root=tmp_path / "chat")
+    assert trained_now and folder.name.startswith("book-chat-cpu-")
+    assert pretrained.book_chat_run("cpu", root=tmp_path / "chat") == (folder, False)  # cached
+    assert not [p for p in (tmp_path / "chat").iterdir() if p.name.endswith(".training") and p != stale]
+    record = json.loads((folder / "tuning.json").read_text())
+    assert record["steps"] == 3 and record["recipe"] == pretrained.BOOK_CHAT["cpu"] and record["book_run"] == book.name
+    tuned, chat_tok = load_model(folder)
+    assert all(t in chat_tok.special_tokens for t in CHAT_TOKENS)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # as book_chat_run tunes (the bits depend on it)
+    direct, direct_tok, result = pretrained.tune_book_chat(load_model(book)[0], tokenizer, "cpu")
+    assert direct_tok.special_tokens == chat_tok.special_tokens and result.steps == 3
+    for (name, a), (_, b) in zip(sorted(tuned.state_dict().items()), sorted(direct.state_dict().items())):
+        assert torch.equal(a, b), name
+    monkeypatch.setitem(pretrained.BOOK_CHAT, "cpu", dict(pretrained.BOOK_CHAT["cpu"], steps=4))
+    assert pretrained.book_chat_run("cpu", root=tmp_path / "chat")[0] != folder  # a changed recipe: a new key
