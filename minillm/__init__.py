@@ -25,7 +25,7 @@ module                what it is for                                            
 ``strategy``          what differs between one process, DDP and FSDP               05-06
 ``checkpoint``        atomic checkpoints, exact resume, loading and export         05
 ``monitor``           metrics.jsonl, tokens/s, MFU, loss plots                     05
-``pretrained``        the book model (``book_model``) and tiny base models, cached 05-08
+``pretrained``        the book model (``book_model``), its chat model, tiny models 05-08, C
 ``skills``            what a code model can do: functions that parse               05, 07-08
 ``synthetic``         generated instructions with checkable answers                07-08
 ``device``            device and precision choice                                  05-06
@@ -43,6 +43,8 @@ module                what it is for                                            
 ``masked_lm``         encoder-only: BERT's masked LM, masking, a classifier        A
 ``seq2seq``           encoder-decoder: T5, BART, greedy and beam search            A
 ``family_tasks``      appendix A's tasks: masked characters, words to digits       A
+``batching``          continuous batching: KV-cache slots, the decoding engine     C
+``serve``             an OpenAI-compatible HTTP server, ``python -m minillm serve`` C
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all

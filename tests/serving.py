@@ -1,34 +1,41 @@
-"""Shared by the serving tests: a tiny model folder (with or without the chat template) and a live server.
+"""Shared by the serving tests: the tokenizers' training text, a tiny model folder, a live server.
 
-`live_server(folder, **options)` starts `python -m minillm serve` on 127.0.0.1 on a free port in a
-subprocess (a real server, as a reader runs it), waits for /health and stops it afterwards.
+`live_server(folder, *options)` is `minillm.bench.serve.start_server` (a real
+`python -m minillm serve` in a subprocess on a free port of 127.0.0.1, stopped
+afterwards) with one thread for the server: tiny models are fastest that way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import torch
 
+from minillm.bench.serve import start_server
 from minillm.checkpoint import save_model_folder
 from minillm.instruct import add_special_tokens
 from minillm.model import GPT, GPTConfig
 from minillm.tokenizer import BPETokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-TEXT = (ROOT / "minillm" / "batching.py").read_text() + (ROOT / "minillm" / "generate.py").read_text()
+#: The tokenizers' training text: fixed here, so that the models' texts (which the tests rely on to end
+#: both ways, at a stop token and at max_tokens) do not move when the package's sources change.
+CORPUS = (
+    "A server that decodes one request at a time leaves most of the machine idle: each step reads every weight "
+    "to write one token for one sequence. Run the step for sixteen sequences at once and it costs little more. "
+    "Requests do not arrive together, though, nor end together. Continuous batching admits new requests between "
+    "decode steps and lets a finished one leave at once, so no request waits for the longest in its batch.\n"
+    "Each request owns a slot of the cache: its keys and values, filled to its own length. A decode step feeds "
+    "one token per row, writes each row's keys at that row's position, and hides the empty end of every row.\n"
+    "def step(self, rows):\n    logits = self.model(tokens, kv_cache=self.cache.use(rows))\n    return logits\n"
+    "Stop strings end the text; the stop and what follows are never shown. Café, naïve, déjà vu: a token can be "
+    "half a character, so text is held back until the character is whole. 1, 2, 3, 4, 5 - done!\n"
+)
 
 
 def tiny_folder(folder: Path, chat: bool, context_length: int = 96, seed: int = 0) -> Path:
-    """A random 2-layer GPT and a 320-token BPE (plus the chat markers when `chat`) saved in `folder`."""
-    tokenizer = BPETokenizer.train(TEXT, 320)
+    """A random 2-layer GPT and a 320-token BPE of CORPUS (plus the chat markers when `chat`) saved in `folder`."""
+    tokenizer = BPETokenizer.train(CORPUS, 320)
     if chat:
         tokenizer = add_special_tokens(tokenizer)
     torch.manual_seed(seed)
@@ -37,39 +44,8 @@ def tiny_folder(folder: Path, chat: bool, context_length: int = 96, seed: int = 
     return save_model_folder(folder, model, tokenizer)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def live_server(folder: Path, *options: str, name: str = "tiny"):
-    """Yield the base URL of `python -m minillm serve --checkpoint folder` running in a subprocess."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "minillm", "serve", "--checkpoint", str(folder), "--port",
-                             str(port), "--model-name", name, *options], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not answer /health within 60 s")
-            time.sleep(0.2)
+    """Yield the base URL of `python -m minillm serve --checkpoint folder *options` (model id `name`)."""
+    with start_server(folder, *options, model_name=name, threads=1, wait=60) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

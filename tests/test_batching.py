@@ -22,22 +22,10 @@ from minillm.generate import generate
 from minillm.instruct import CHAT_TOKENS, add_special_tokens, encode_chat, encode_example, format_chat, format_prompt
 from minillm.model import GPT, GPTConfig
 from minillm.tokenizer import ENDOFTEXT, BPETokenizer
+from serving import CORPUS
 
 CONTEXT = 96
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest on a shared CPU
-#: The tokenizers' training text: fixed here, so that the models' texts (which the tests rely on to end
-#: both ways, at <|endoftext|> and at max_tokens) do not move when the package's sources change.
-CORPUS = (
-    "A server that decodes one request at a time leaves most of the machine idle: each step reads every weight "
-    "to write one token for one sequence. Run the step for sixteen sequences at once and it costs little more. "
-    "Requests do not arrive together, though, nor end together. Continuous batching admits new requests between "
-    "decode steps and lets a finished one leave at once, so no request waits for the longest in its batch.\n"
-    "Each request owns a slot of the cache: its keys and values, filled to its own length. A decode step feeds "
-    "one token per row, writes each row's keys at that row's position, and hides the empty end of every row.\n"
-    "def step(self, rows):\n    logits = self.model(tokens, kv_cache=self.cache.use(rows))\n    return logits\n"
-    "Stop strings end the text; the stop and what follows are never shown. Café, naïve, déjà vu: a token can be "
-    "half a character, so text is held back until the character is whole. 1, 2, 3, 4, 5 - done!\n"
-)
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,7 @@ def default_prompts(n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m minillm.bench serve`: the two servers, the runs at each client count, the table."""
     parser = argparse.ArgumentParser(prog="python -m minillm.bench serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="book-chat",
                         help="model folder to serve; 'book-chat' (default): the book's chat model")  # fmt: skip
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     with start_server(checkpoint, "--max-batch", "1", "--max-queue", str(args.requests),
                       threads=args.threads) as url:  # fmt: skip
         reference = load_test(url, "book-chat", prompts, max(levels), args.max_tokens)
-        rows.append(("one at a time (--max-batch 1)", reference))
+        rows.append((f"{max(levels)} clients, one at a time (--max-batch 1)", reference))
     with start_server(checkpoint, "--max-batch", str(max(levels)), "--max-queue", str(args.requests),
                       threads=args.threads) as url:  # fmt: skip
         for clients in levels:

@@ -12,12 +12,29 @@ as each task finishes; Ctrl-C prints what finished and where, and exits 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from minillm.cli.common import add_command, load_model_arg
 
 ALL_TASKS = "hellaswag,arc-easy,arc-challenge,mmlu,truthfulqa-mc"
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block ends, where the platform can (POSIX, main thread)."""
+    can = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if can:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if can:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held Ctrl-C is raised here
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -99,8 +116,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     def save(key: str, metrics: dict) -> None:
         results = {**report, key: metrics}
         done = len(results) == len(tasks) * len(methods)
-        atomic_write(out, json.dumps({"settings": meta, "complete": done, "results": results}, indent=1) + "\n")
-        report[key] = metrics  # only once it is on disk: the summary after Ctrl-C says what the file holds
+        with _sigint_held():  # the file and `report` change together: the summary after Ctrl-C says what it holds
+            atomic_write(out, json.dumps({"settings": meta, "complete": done, "results": results}, indent=1) + "\n")
+            report[key] = metrics
 
     try:
         evaluate_tasks(model, tokenizer, tasks, limit=args.limit, methods=methods, batch_size=args.batch_size,

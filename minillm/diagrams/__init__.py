@@ -92,12 +92,16 @@ def build(root: str | Path | None = None, names: list[str] | None = None, png_di
     return written
 
 
-def stale(root: str | Path | None = None) -> list[str]:
-    """Problems with the committed figures under `root`: '<file>: differs|missing|drawn by no code'."""
+def stale(root: str | Path | None = None, names: list[str] | None = None) -> list[str]:
+    """Problems with the committed figures under `root`: '<file>: differs|missing|drawn by no code'.
+
+    `names`: redraw and compare only these diagrams (default: all); figures that
+    no code draws are always reported.
+    """
     registry = load_all()
     root = Path(root) if root is not None else repo_root()
     problems = []
-    for name in sorted(registry):
+    for name in names or sorted(registry):
         path = path_of(name, root)
         if not path.exists():
             problems.append(f"{path.relative_to(root)}: missing")

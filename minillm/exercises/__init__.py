@@ -19,6 +19,7 @@ solution is proven to pass its own check.
 
 from __future__ import annotations
 
+import dis
 import importlib
 import math
 import re
@@ -138,3 +139,29 @@ def as_number(value: Any, what: str) -> float:
         raise ExerciseFailed(f"{what}: expected a number, got {type(value).__name__}") from None
     expect(math.isfinite(out), f"{what}: expected a finite number, got {out}")
     return out
+
+
+def _stub(*args: Any, **kwargs: Any) -> Any:
+    ...
+
+
+def _instructions(fn: Callable[..., Any]) -> list[tuple[str, object]]:
+    return [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in ("RESUME", "NOP")]
+
+
+def is_stub(fn: Any) -> bool:
+    """Whether fn's body is only `...` (or `pass`, after an optional docstring): an exercise not started."""
+    return getattr(fn, "__code__", None) is not None and _instructions(fn) == _instructions(_stub)
+
+
+def call_answer(fn: Callable[..., Any], *args: Any, what: str, hint: str = "") -> Any:
+    """The reader's fn(*args): a stub is not attempted (NotImplementedError); any other error becomes
+    ExerciseFailed, saying what was called (and `hint`)."""
+    if is_stub(fn):
+        raise NotImplementedError
+    try:
+        return fn(*args)
+    except (NotImplementedError, ExerciseFailed):
+        raise
+    except Exception as err:  # noqa: BLE001 - the reader's code may raise anything
+        raise ExerciseFailed(f"{what} raised {type(err).__name__}: {err}. {hint}".strip()) from None

@@ -7,39 +7,13 @@ and `relative_position_bucket` in `minillm.attention`, `shift_right` in
 
 from __future__ import annotations
 
-import dis
 from collections.abc import Callable
 
 import torch
 
 from minillm.attention import AttentionConfig, CausalSelfAttention, causal_mask, relative_position_bucket
-from minillm.exercises import ExerciseFailed, as_tensor, assert_close, exercise, expect
+from minillm.exercises import ExerciseFailed, as_tensor, assert_close, call_answer, exercise, expect, is_stub
 from minillm.seq2seq import shift_right
-
-
-def _stub(*args, **kwargs):
-    ...
-
-
-def _is_stub(fn) -> bool:
-    """Whether fn's body is only `...` (or `pass`, after an optional docstring): an exercise not started."""
-    return getattr(fn, "__code__", None) is not None and _instructions(fn) == _instructions(_stub)
-
-
-def _instructions(fn) -> list[tuple[str, object]]:
-    return [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in ("RESUME", "NOP")]
-
-
-def _call(fn, *args, what: str):
-    """The reader's fn(*args); a stub (body `...`) is not attempted; other exceptions become ExerciseFailed."""
-    if _is_stub(fn):
-        raise NotImplementedError
-    try:
-        return fn(*args)
-    except (NotImplementedError, ExerciseFailed):
-        raise
-    except Exception as err:  # noqa: BLE001 - the reader's code may raise anything
-        raise ExerciseFailed(f"{what} raised {type(err).__name__}: {err}") from None
 
 
 def _layer(config: AttentionConfig, seed: int) -> CausalSelfAttention:
@@ -96,7 +70,7 @@ def grade_padding_mask(answer: Callable[[torch.Tensor, bool, int], torch.Tensor]
             "its output is never used, and a row of -inf would give NaN after the softmax.")
     for what, key_padding, causal, t in cases:
         b, s = key_padding.shape
-        mask = as_tensor(_call(answer, key_padding.clone(), causal, t, what="your padding_mask"),
+        mask = as_tensor(call_answer(answer, key_padding.clone(), causal, t, what="your padding_mask"),
                          f"padding_mask for {what}")
         expect(mask.dtype == torch.bool, f"{what}: the mask has dtype {mask.dtype}; return a bool tensor "
                                          "(True = may attend).")
@@ -181,7 +155,7 @@ def grade_relative_buckets(answer: Callable[[torch.Tensor, bool, int, int], torc
                           ("the (T, S) matrix of key - query positions", k_pos - q_pos)):
             where = (f"{name}, bidirectional={bidirectional}, num_buckets={num_buckets}, "
                      f"max_distance={max_distance}")
-            got = as_tensor(_call(answer, rel.clone(), bidirectional, num_buckets, max_distance,
+            got = as_tensor(call_answer(answer, rel.clone(), bidirectional, num_buckets, max_distance,
                                   what="your relative_bucket"), f"the buckets of {name}")
             expect(tuple(got.shape) == tuple(rel.shape),
                    f"{where}: buckets of shape {tuple(got.shape)}, expected the shape of relative_position "
@@ -230,7 +204,7 @@ def grade_shift_right(answer: Callable[[torch.Tensor, int, int], torch.Tensor]) 
         cases.append((f"drawn at random (B = {b}, T = {t}, start {start}, pad {pad})", y, start, pad))
     for what, y, start, pad in cases:
         given = y.clone()
-        got = as_tensor(_call(answer, given, start, pad, what="your shift_right"), f"shift_right for {what}")
+        got = as_tensor(call_answer(answer, given, start, pad, what="your shift_right"), f"shift_right for {what}")
         expect(torch.equal(given, y), f"{what}: your function changed `labels` in place; build a new tensor "
                                       "(the loss still needs the labels, -100 included).")
         expect(tuple(got.shape) == tuple(y.shape),
@@ -308,7 +282,7 @@ def grade_cross_attention(answer: Callable[..., torch.Tensor]) -> str:
             unmasked = layer(x, context=memory)
             layer.forward = _refuse
             try:
-                got = _call(answer, x.clone(), memory.clone(), layer, memory_mask.clone(),
+                got = call_answer(answer, x.clone(), memory.clone(), layer, memory_mask.clone(),
                             what=f"your cross_attention ({what})")
             finally:
                 del layer.forward

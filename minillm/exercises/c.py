@@ -10,7 +10,6 @@ random cases come from private generators: the reader's random state is left alo
 
 from __future__ import annotations
 
-import dis
 import heapq
 import json
 import math
@@ -22,34 +21,10 @@ import torch
 
 from minillm.attention import KVCache
 from minillm.batching import SlotKVCache
-from minillm.exercises import ExerciseFailed, as_number, as_tensor, assert_close, exercise, expect
+from minillm.exercises import (ExerciseFailed, as_number, as_tensor, assert_close, call_answer, exercise, expect,
+                               is_stub)
 from minillm.model import GPT, GPTConfig
 from minillm.serve import APIError, _sse
-
-
-def _stub(*args, **kwargs):
-    ...
-
-
-def _is_stub(fn) -> bool:
-    """Whether fn's body is only `...` (or `pass`, after an optional docstring): an exercise not started."""
-    return getattr(fn, "__code__", None) is not None and _instructions(fn) == _instructions(_stub)
-
-
-def _instructions(fn) -> list[tuple[str, object]]:
-    return [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in ("RESUME", "NOP")]
-
-
-def _call(fn, *args, what: str, hint: str = ""):
-    """The reader's fn(*args); a stub (body `...`) is not attempted; other exceptions become ExerciseFailed."""
-    if _is_stub(fn):
-        raise NotImplementedError
-    try:
-        return fn(*args)
-    except (NotImplementedError, ExerciseFailed):
-        raise
-    except Exception as err:  # noqa: BLE001 - the reader's code may raise anything
-        raise ExerciseFailed(f"{what} raised {type(err).__name__}: {err}. {hint}".strip()) from None
 
 
 # -- C.1: reading a streamed answer ---------------------------------------------------------------
@@ -121,7 +96,7 @@ def _error(message: str) -> dict:
 
 def _attempt(answer, lines: list[str]):
     """(result, None) or (None, exception) of answer(iter(lines)); a stub is not attempted."""
-    if _is_stub(answer):
+    if is_stub(answer):
         raise NotImplementedError
     try:
         return answer(iter(lines)), None
@@ -290,7 +265,7 @@ def _mask_step(answer) -> int:
         nexts = torch.randint(0, 64, (len(prompts),)).tolist()
     slots = [2, 0, 3, 1]  # prompt i lives in slot slots[i]
     cache = SlotKVCache.for_model(model, len(prompts))
-    cache.key_mask = lambda: as_tensor(_call(answer, cache.length.clone(), cache.max_len,
+    cache.key_mask = lambda: as_tensor(call_answer(answer, cache.length.clone(), cache.max_len,
                                              what="your key_mask (inside the model)"), "key_mask")  # fmt: skip
     alone = []
     with torch.no_grad():
@@ -322,7 +297,7 @@ def grade_key_mask(answer: Callable[[torch.Tensor, int], torch.Tensor]) -> str:
     for what, cache in cases:
         lengths, max_len = cache.length.clone(), cache.max_len
         given = lengths.clone()
-        got = as_tensor(_call(answer, given, max_len, what="your key_mask"), f"key_mask for {what}")
+        got = as_tensor(call_answer(answer, given, max_len, what="your key_mask"), f"key_mask for {what}")
         expect(torch.equal(given, lengths), f"{what}: your key_mask changed `lengths` in place; the cache still needs "
                                             "them (leave them as they were).")
         expected = cache.key_mask()
@@ -380,7 +355,7 @@ def grade_percentile(answer: Callable[[list[float], float], float]) -> str:
     cases = _percentile_cases()
     for what, values, q in cases:
         given = list(values)
-        got = as_number(_call(answer, given, q, what=f"your percentile ({what}, q = {q:g})", hint=how),
+        got = as_number(call_answer(answer, given, q, what=f"your percentile ({what}, q = {q:g})", hint=how),
                         f"percentile({what}, q = {q:g})")
         expect(given == values, f"{what}: your percentile reordered (or changed) `values` in place; sort a copy "
                                 "(sorted(values)): the caller's list must stay as it was.")
@@ -451,7 +426,7 @@ def grade_continuous_steps(answer: Callable[[list[int], int], int]) -> str:
     cases = _batching_cases()
     for what, lengths, slots in cases:
         expected = _steps(lengths, slots)
-        got = as_number(_call(answer, list(lengths), slots, what=f"your continuous_steps ({what})"),
+        got = as_number(call_answer(answer, list(lengths), slots, what=f"your continuous_steps ({what})"),
                         f"continuous_steps({lengths}, {slots})")
         expect(got == int(got), f"{what}: continuous_steps returned {got}; steps are whole numbers (a request "
                                 "cannot be split between slots).")

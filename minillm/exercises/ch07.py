@@ -17,21 +17,11 @@ from typing import Any
 import torch
 
 from minillm.classify import GPTClassifier, classification_collate
-from minillm.exercises import ExerciseFailed, assert_close, exercise, expect
+from minillm.exercises import ExerciseFailed, assert_close, call_answer, exercise, expect
 from minillm.instruct import instruction_collate
 from minillm.lora import GPT2_TARGETS, LoRAConfig, LoRALinear, count_parameters, inject_lora
 from minillm.model import GPT, GPTConfig
 from minillm.pretrained import book_config
-
-
-def _call(fn: Callable[..., Any], *args: Any, what: str, hint: str = "") -> Any:
-    """Call the reader's `fn`; an error other than NotImplementedError becomes ExerciseFailed, saying where."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as err:  # noqa: BLE001  (the reader's code may fail in any way)
-        raise ExerciseFailed(f"{what} raised {type(err).__name__}: {err}. {hint}".strip()) from None
 
 
 def _tiny_config(rng: random.Random, **fields: Any):
@@ -60,7 +50,7 @@ def grade_last_token(last_token: Callable[[torch.Tensor, torch.Tensor], torch.Te
         if b > 1:
             lengths[-1] = 1
         expected = h[torch.arange(b), lengths - 1]
-        got = _call(last_token, h.clone(), lengths.clone(), what=f"last_token(h {tuple(h.shape)}, "
+        got = call_answer(last_token, h.clone(), lengths.clone(), what=f"last_token(h {tuple(h.shape)}, "
                     f"lengths={lengths.tolist()})", hint=POOL_HINT)  # fmt: skip
         assert_close(got, expected, f"last_token(h {tuple(h.shape)}, lengths={lengths.tolist()})", hint=POOL_HINT)
         cases += 1
@@ -75,7 +65,7 @@ def grade_last_token(last_token: Callable[[torch.Tensor, torch.Tensor], torch.Te
     with torch.no_grad():
         scores, _ = clf.gpt(batch["idx"])  # (B, T, K): the head at every position
         expected, _ = clf(batch["idx"], lengths=batch["lengths"])
-    got = _call(last_token, scores, batch["lengths"], what="last_token on a GPTClassifier's scores", hint=POOL_HINT)
+    got = call_answer(last_token, scores, batch["lengths"], what="last_token on a GPTClassifier's scores", hint=POOL_HINT)
     assert_close(got, expected, "last_token(scores, lengths) against GPTClassifier's logits", hint=POOL_HINT)
     return (f"matches h[arange(B), lengths - 1] on {cases} random padded batches (rows without padding, rows of "
             "one token) and GPTClassifier's logits on a padded batch.")
@@ -107,7 +97,7 @@ def grade_lora_count(lora_count: Callable[[Any, int], int]) -> str:
         truth = _lora_truth(config, rank)
         what = (f"lora_count(config with d_model={config.d_model}, n_layer={config.n_layer}, "
                 f"ff_width={config.ff_width}, rank={rank})")  # fmt: skip
-        got = _call(lora_count, config, rank, what=what, hint=COUNT_HINT)
+        got = call_answer(lora_count, config, rank, what=what, hint=COUNT_HINT)
         expect(isinstance(got, int) and not isinstance(got, bool),
                f"{what} returned {type(got).__name__} {got!r}; return an int. {COUNT_HINT}")
         expect(got == truth, f"{what} = {got:,}, but count_parameters after inject_lora says {truth:,} "
@@ -136,7 +126,7 @@ def grade_merge(merged_weight: Callable[[Any], torch.Tensor]) -> str:
         expected = reference.base.weight.detach().clone()
         before = layer.base.weight.detach().clone()
         what = f"merged_weight(LoRALinear({d_in} -> {d_out}, rank={rank}, alpha={alpha:g}))"
-        got = _call(merged_weight, layer, what=what, hint=MERGE_HINT)
+        got = call_answer(merged_weight, layer, what=what, hint=MERGE_HINT)
         if isinstance(got, torch.Tensor):
             got = got.detach()
         assert_close(got, expected, what, hint=MERGE_HINT)
@@ -175,7 +165,7 @@ def grade_collate(collate: Callable[[list, int, int], dict]) -> str:
         expected = instruction_collate(copy.deepcopy(batch), pad_id=pad_id, max_length=max_length, mask_prompt=True)
         what = f"collate(a batch of {n_rows} with lengths {[len(i) for i, _ in batch]}, " \
                f"prompt lengths {[p for _, p in batch]}, pad_id={pad_id}, max_length={max_length})"
-        got = _call(collate, copy.deepcopy(batch), pad_id, max_length, what=what, hint=COLLATE_HINT)
+        got = call_answer(collate, copy.deepcopy(batch), pad_id, max_length, what=what, hint=COLLATE_HINT)
         expect(isinstance(got, dict) and {"idx", "targets"} <= set(got),
                f"{what} returned {type(got).__name__}; return a dict with 'idx' and 'targets'. {COLLATE_HINT}")
         for key in ("idx", "targets"):
