@@ -42,6 +42,13 @@ from minillm.model import GPT
 from minillm.tokenizer import Tokenizer
 
 
+#: Temperatures below this decode greedily: dividing logits by, say, 1e-300 overflows to inf and the
+#: softmax to NaN, while any temperature this small already puts all the probability on the top token.
+GREEDY_BELOW = 1e-4
+#: `BatchEngine.batch_sizes` and `queue_sizes` keep between this many and twice this many recent steps.
+RECORDED_STEPS = 100_000
+
+
 class QueueFull(MinillmError):
     """The engine's waiting queue is at its bound: try again later (HTTP 429)."""
 
@@ -119,7 +126,7 @@ class SlotKVCache:
 class Request:
     """One sequence to generate: prompt token ids and how to decode them.
 
-    `max_tokens` new tokens at most; `temperature` 0 is greedy; `stop`: strings
+    `max_tokens` new tokens at most; `temperature` 0 (or below `GREEDY_BELOW`) is greedy; `stop`: strings
     that end the text (not returned); `stop_ids`: tokens that end it (e.g.
     <|endoftext|>, a chat template's <|end|>); `seed` seeds this request's own
     generator (None: a random one); `timeout`: seconds from submission after
@@ -173,8 +180,11 @@ class Handle:
     def put(self, event: tuple) -> None:
         if self.loop is None:
             self.queue.put(event)
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+            except RuntimeError:  # the loop closed (the server stopped): nobody is left to tell
+                pass
 
     def cancel(self) -> None:
         """Stop generating (a client went away): the engine frees the slot before its next step."""
@@ -327,13 +337,13 @@ class BatchEngine:
                 active = _Active(handle, TextDecoder(self.tokenizer, req.stop, req.stop_ids), generator)
                 cache = self.model.new_kv_cache(1, len(req.ids))
                 logits, _ = self.model(torch.tensor([req.ids], device=self.device), kv_cache=cache, only_last=True)
-            except (MinillmError, ValueError, TypeError, IndexError) as err:  # this request's fault: only it fails
-                handle.put(("error", f"cannot start this request: {err}"))
+            except Exception as err:  # noqa: BLE001 - this request fails, answered; the engine goes on
+                handle.put(("error", f"cannot start this request: {type(err).__name__}: {err}"))
                 continue
             slot = next(s for s in range(self.max_batch) if s not in self._slots)
             self.cache.insert(slot, cache)
             self._slots[slot] = active
-            self._emit(slot, logits[:, -1])
+            self._emit_or_fail(slot, logits[:, -1])
 
     def _step(self) -> None:
         """One forward pass over every active row, then each row samples its next token."""
@@ -346,14 +356,26 @@ class BatchEngine:
         logits, _ = self.model(idx, kv_cache=self.cache.use(slots))
         self.batch_sizes.append(len(slots))
         self.queue_sizes.append(len(self._waiting))
+        if len(self.batch_sizes) > 2 * RECORDED_STEPS:  # a server runs for days: keep the recent steps only
+            del self.batch_sizes[:RECORDED_STEPS], self.queue_sizes[:RECORDED_STEPS]
         for row, slot in enumerate(slots):
-            self._emit(slot, logits[row : row + 1, -1])
+            self._emit_or_fail(slot, logits[row : row + 1, -1])
+
+    def _emit_or_fail(self, slot: int, logits: torch.Tensor) -> None:
+        """`_emit`, but an error in one request's sampling or decoding ends that request only."""
+        try:
+            self._emit(slot, logits)
+        except Exception as err:  # noqa: BLE001 - e.g. NaN logits; the other rows go on
+            active = self._slots.pop(slot, None)
+            self.cache.release(slot)
+            if active is not None:
+                active.handle.put(("error", f"generation failed: {type(err).__name__}: {err}"))
 
     def _emit(self, slot: int, logits: torch.Tensor) -> None:
         """Sample the next token of `slot` from logits (1, V), send its text, finish the request if it ended."""
         active = self._slots[slot]
         req = active.handle.request
-        if req.temperature == 0:
+        if req.temperature < GREEDY_BELOW:  # 0, or so small that logits / T overflows: greedy either way
             token = int(logits.argmax(dim=-1))
         else:
             probs = filter_logits(logits.float(), req.temperature, req.top_k, req.top_p)

@@ -186,9 +186,12 @@ def book_chat_run(scale: str | None = None, root: str | os.PathLike | None = Non
 
     The folder is a model folder (`load_model` reads it) plus `tuning.json`: the
     recipe, the seconds it took and the training records. Keyed by the book
-    model's run and the recipe; trained in a hidden folder and renamed when
-    finished; concurrent calls train once. On the CPU it trains with at most two
-    threads, as chapter 07 does, so the run is the same on every machine.
+    model's run and `BOOK_CHAT[scale]`: a change to `tune_book_chat`'s own code
+    needs a changed recipe (or an emptied cache) to take effect. Trained in a
+    hidden folder and renamed when finished; concurrent calls train once. On the
+    CPU it trains with at most two threads, as chapter 07 does, so that the
+    chapter's CPU gets the chapter's bits (the thread count changes the
+    rounding). Like the chapter, the tuning seeds torch's global RNG.
     """
     scale, recipe = _chat_recipe(scale)
     book_folder = book_run(scale)[0]

@@ -19,7 +19,9 @@ Requests are decoded together by a `minillm.batching.BatchEngine` (continuous
 batching). Limits (`ServeConfig`): request body size (413), prompt + max_tokens
 within the context (400, with the numbers), `max_tokens` at most
 `max_tokens_limit`, at most `max_batch` decoding and `max_queue` waiting (429
-beyond), a per-request timeout (504), an optional bearer `api_key` (401).
+beyond), a per-request timeout (504; in a stream, an error event after the
+text so far), an optional bearer `api_key` (401 on every path but the chat
+page and /health).
 A client that disconnects mid-stream frees its slot before the next step.
 Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`;
 no response ever carries a traceback. fastapi and uvicorn are imported lazily
@@ -105,12 +107,21 @@ def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None, 
     return value
 
 
+def _number(value: int | float) -> float:
+    """A JSON number as a float; an integer too large for one is inf (then refused by the range checks)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _sampling(body: dict, config: ServeConfig, context: int) -> dict:
     """The decoding settings shared by both endpoints, checked: dict of Request fields (without ids)."""
-    temperature = float(_field(body, "temperature", (int, float), 1.0, "a number between 0 and 2"))
+    temperature = _number(_field(body, "temperature", (int, float), 1.0, "a number between 0 and 2"))
     if not (math.isfinite(temperature) and 0 <= temperature <= 2):
         raise APIError(400, f"'temperature' must be between 0 and 2, got {temperature}", param="temperature")
     top_p = _field(body, "top_p", (int, float), None, "a number in (0, 1]")
+    top_p = None if top_p is None else _number(top_p)
     if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise APIError(400, f"'top_p' must be in (0, 1], got {top_p}", param="top_p")
     top_p = None if top_p is None or top_p >= 1 else float(top_p)
@@ -236,12 +247,18 @@ class Server:
         return handles
 
 
-def check_headers(headers: Any, method: str, path: str, config: ServeConfig) -> None:
-    """The checks made before a body is read: the API key on /v1/ routes (401), the declared size (400, 413).
+#: Paths served without the API key: the chat page (it asks for the key itself) and the health check.
+PUBLIC_PATHS = ("/", "/health")
 
+
+def check_headers(headers: Any, method: str, path: str, config: ServeConfig) -> None:
+    """The checks made before a body is read: the API key (401), the declared size (400, 413).
+
+    With an API key, every path but the public ones (`PUBLIC_PATHS`: the chat
+    page and /health) needs it; `path` is relative to where the app is mounted.
     `headers`: a mapping with lower-case names (Starlette's `Headers` is one).
     """
-    if path.startswith("/v1/") and config.api_key is not None:
+    if config.api_key is not None and path not in PUBLIC_PATHS:
         scheme, _, key = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), config.api_key.encode()):
             raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
@@ -312,13 +329,14 @@ def _ended(reason: str, timeout: float) -> str:
 async def _collect(handles: list[Handle], timeout: float) -> list[tuple[str, str, int]]:
     texts = [[] for _ in handles]
     ends: list[tuple[str, int] | None] = [None] * len(handles)
-    async for i, event in _events(handles):
-        if event[0] == "text":
-            texts[i].append(event[1])
-        elif event[0] == "error":
-            raise APIError(503, event[1], type="server_error")
-        else:
-            ends[i] = (_ended(event[1], timeout), event[2])
+    async with contextlib.aclosing(_events(handles)) as events:  # an error cancels the other choices at once
+        async for i, event in events:
+            if event[0] == "text":
+                texts[i].append(event[1])
+            elif event[0] == "error":
+                raise APIError(503, event[1], type="server_error")
+            else:
+                ends[i] = (_ended(event[1], timeout), event[2])
     return [("".join(t), e[0], e[1]) for t, e in zip(texts, ends)]
 
 
@@ -369,7 +387,10 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
     async def guard(request: HTTPRequest, call_next: Any) -> Any:
         """The API key and the body size, before any route reads the body."""
         try:
-            check_headers(request.headers, request.method, request.url.path, config)
+            route = request.scope["path"]  # relative to a mount point (root_path), as the router matches it
+            root = request.scope.get("root_path", "")
+            route = route[len(root):] or "/" if root and route.startswith(root) else route
+            check_headers(request.headers, request.method, route, config)
         except APIError as err:
             return await api_error(request, err)
         return await call_next(request)
@@ -390,8 +411,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
 
     async def respond(request: HTTPRequest, chat: bool) -> Any:
         body = await read_json(request)
-        requests, prompt_tokens, n, stream, include_usage = (
-            server.chat_requests(body) if chat else server.completion_requests(body))  # fmt: skip
+        # tokenizing a long prompt takes a while: in a worker thread, so that other streams go on meanwhile
+        requests, prompt_tokens, n, stream, include_usage = await asyncio.to_thread(
+            server.chat_requests if chat else server.completion_requests, body)
         handles = server.submit(requests, asyncio.get_running_loop())
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
@@ -453,9 +475,11 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
     @app.get("/health")
     async def health() -> Any:
         running, waiting = server.engine.load
-        return {"status": "ok" if server.engine.alive else "stopped", "model": config.model_name, "running": running, "waiting": waiting,
-                "max_batch": config.max_batch, "max_queue": config.max_queue, "chat": server.chat,
+        alive = server.engine.alive
+        body = {"status": "ok" if alive else "stopped", "model": config.model_name, "running": running,
+                "waiting": waiting, "max_batch": config.max_batch, "max_queue": config.max_queue, "chat": server.chat,
                 "context_length": server.context}  # fmt: skip
+        return body if alive else JSONResponse(body, status_code=503)  # a dead engine fails liveness probes
 
     @app.get("/")
     async def page() -> Any:

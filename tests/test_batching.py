@@ -567,3 +567,32 @@ def test_bad_messages_raise_data_error(messages, tokenizer):
         format_chat(messages)
     with pytest.raises(DataError):
         encode_chat(messages, tokenizer)
+
+
+def test_a_tiny_temperature_decodes_greedily_and_the_engine_goes_on(model, tokenizer, engines):
+    """1e-300 would overflow logits / T to inf and the softmax to NaN: below GREEDY_BELOW the engine is greedy."""
+    ids = prompts(tokenizer)[3]
+    engine = engines().start()
+    tiny = engine.submit(Request(ids, max_tokens=6, temperature=1e-300, seed=1)).result(30)
+    greedy = engine.submit(Request(ids, max_tokens=6, temperature=0)).result(30)
+    assert tiny == greedy and engine.alive
+
+
+def test_an_error_while_sampling_one_row_ends_that_request_only(model, tokenizer, engines, monkeypatch):
+    """A row whose sampling raises (here: NaN probabilities) gets an error event; the others finish."""
+    import minillm.batching as batching
+
+    real = batching.filter_logits
+
+    def broken_for_top_k_3(logits, temperature, top_k, top_p):
+        return torch.full_like(logits, float("nan")) if top_k == 3 else real(logits, temperature, top_k, top_p)
+
+    monkeypatch.setattr(batching, "filter_logits", broken_for_top_k_3)
+    engine = engines(max_batch=4)
+    bad = engine.submit(Request(prompts(tokenizer)[4], max_tokens=5, temperature=1.0, top_k=3, seed=0))
+    good = engine.submit(Request(prompts(tokenizer)[5], max_tokens=5, temperature=0))
+    engine.start()
+    assert good.result(30)[1] == "length" and engine.alive
+    with pytest.raises(MinillmError, match="generation failed"):
+        bad.result(30)
+    assert wait_for(lambda: engine.load == (0, 0))

@@ -261,3 +261,19 @@ def test_api_key_is_asked_for_then_used(driver, folders):
         assert js(driver, "return localStorage.length") == 0
         # the refused requests are logged by the browser as failed loads (401); nothing else may be
         assert console_errors(driver, allowed=("401",)) == []
+
+
+def test_a_long_conversation_drops_its_oldest_turns_to_fit_the_context(driver, folders):
+    """The tiny model's context is 96 tokens: by the third long turn the history no longer fits. The page
+    leaves out the oldest turns (and says so in the answer's tooltip) instead of failing every send."""
+    with live_server(folders["chat"], name="tiny-chat") as url:
+        open_page(driver, url)
+        settings(driver, max_tokens=8)
+        long = "the batch decodes every row " * 3
+        for turn in range(4):
+            shown = send_and_wait(driver, f"{long} {turn}")
+            assert error_text(driver) == "", error_text(driver)
+            assert len(shown) == turn + 1
+        titles = js(driver, "return [...document.querySelectorAll('.msg.assistant')].map(e => e.title)")
+        assert titles[0] == "" and any("left out" in t for t in titles[1:]), titles
+        assert console_errors(driver, allowed=("400",)) == []

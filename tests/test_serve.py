@@ -535,7 +535,7 @@ def test_client_that_disconnects_mid_stream_frees_its_slot(base):
     assert wait_for_load(url, (0, 0))
 
 
-# the last test of the module: while the bug stands it stops the base server's engine for good
+# an out-of-range seed once stopped the engine for good (now a 400); kept last in the module in case it returns
 def test_out_of_range_seed_is_a_400_and_the_server_serves_on(base):
     url = base[0]
     body = {"model": BASE, "prompt": "x", "max_tokens": 3, "seed": 2**64, "stream": True}

@@ -6,7 +6,8 @@ and once more from 16 clients to a server that decodes one sequence at a time
 (`--max-batch 1`), the reference. For each it prints total generated tokens/s,
 the ratio to the reference, and p50/p95 of the time to first token (TTFT) and
 of the whole request's latency. Every request is greedy with `max_tokens`
-tokens and no stop, so all runs generate the same number of tokens.
+tokens and no stop string, so all runs generate the same number of tokens
+(unless the model writes <|endoftext|>, which the table's token count would show).
 
 `load_test(url, model, prompts, clients, max_tokens)` is the measurement
 (the notebook of appendix C calls it); `start_server` the subprocess.
@@ -165,11 +166,15 @@ def load_test(url: str, model: str, prompts: list[str], clients: int, max_tokens
 
 
 def default_prompts(n: int) -> list[str]:
-    """n different prompts: the chat template around generated list instructions (chapter 07's tasks)."""
-    from minillm.instruct import format_prompt
+    """n different plain-text prompts (chapter 07's generated list instructions, no chat template).
+
+    They go to /v1/completions, which reads a prompt as plain text: what the model
+    continues them with does not matter here, only that every request decodes
+    `max_tokens` tokens (checked: an <|endoftext|> would end one early).
+    """
     from minillm.synthetic import list_tasks
 
-    return [format_prompt(row, "chat") for row in list_tasks(n, seed=7)]
+    return [f"{row['instruction']}\n\n{row['input']}\n" for row in list_tasks(n, seed=7)]
 
 
 def main(argv: list[str] | None = None) -> int:
