@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,27 @@ def book_run(scale: str | None = None, progress: bool = False, root: str | os.Pa
     config = book_config(scale)
     base = Path(root) if root is not None else cache_dir() / "book"
     target = base / f"book-{scale}-{config_digest(config)}"
+    return _build_once(target, lambda staging: train(config, staging, overwrite=True, progress=progress,
+                                                     verbose=False))  # fmt: skip
+
+
+def _build_once(target: Path, build: Callable[[Path], Any]) -> tuple[Path, bool]:
+    """(target, whether this call built it): `build(staging)` fills a hidden folder, renamed to `target` when done.
+
+    An interrupted build never leaves a folder that looks complete (the next call
+    starts again, clearing its debris); concurrent calls build once: the first
+    holds a lock, the others wait and then find the target.
+    """
     if target.is_dir():
         return target, False
-    base.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(base / f".{target.name}.lock").acquire(wait=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(target.with_name(f".{target.name}.lock")).acquire(wait=True)
     try:
-        if target.is_dir():  # trained by another process while this one waited
+        if target.is_dir():  # built by another process while this one waited
             return target, False
-        staging = base / f".{target.name}.training"
-        train(config, staging, overwrite=True, progress=progress, verbose=False)
+        staging = target.with_name(f".{target.name}.training")
+        shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
+        build(staging)
         os.replace(staging, target)
         return target, True
     finally:
@@ -197,30 +210,22 @@ def book_chat_run(scale: str | None = None, root: str | os.PathLike | None = Non
     book_folder = book_run(scale)[0]
     digest = hashlib.sha256(json.dumps([book_folder.name, recipe], sort_keys=True).encode()).hexdigest()[:12]
     base = Path(root) if root is not None else cache_dir() / "book"
-    target = base / f"book-chat-{scale}-{digest}"
-    if target.is_dir():
-        return target, False
-    base.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(base / f".{target.name}.lock").acquire(wait=True)
-    threads = torch.get_num_threads()
-    try:
-        if target.is_dir():
-            return target, False
-        staging = base / f".{target.name}.training"
-        shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
-        if scale == "cpu":
-            torch.set_num_threads(min(2, os.cpu_count() or 1))
-        model, tokenizer = load_model(book_folder)
-        tuned, chat_tokenizer, result = tune_book_chat(model, tokenizer, scale)
+
+    def build(staging: Path) -> None:
+        threads = torch.get_num_threads()
+        try:
+            if scale == "cpu":
+                torch.set_num_threads(min(2, os.cpu_count() or 1))
+            model, tokenizer = load_model(book_folder)
+            tuned, chat_tokenizer, result = tune_book_chat(model, tokenizer, scale)
+        finally:
+            torch.set_num_threads(threads)
         save_model_folder(staging, tuned, chat_tokenizer)
         record = {"scale": scale, "recipe": recipe, "book_run": book_folder.name, "seconds": result.seconds,
                   "steps": result.steps, "history": result.history}  # fmt: skip
         atomic_write(staging / "tuning.json", json.dumps(record, indent=1))
-        os.replace(staging, target)
-        return target, True
-    finally:
-        torch.set_num_threads(threads)
-        lock.release()
+
+    return _build_once(base / f"book-chat-{scale}-{digest}", build)
 
 
 def book_chat_model(scale: str | None = None) -> tuple[GPT, Any]:
