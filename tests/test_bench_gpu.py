@@ -37,14 +37,14 @@ def test_tiny_cpu_run_writes_the_whole_table(tmp_path, capsys):
         for r in ladder:
             if r["row"] in NEEDS_CUDA:
                 assert r["status"] == "skipped (needs CUDA)" and r["tokens_per_s"] is None
-            elif model == "book-gpu" and r["row"] == "vocab64":  # 8,192 tokens: already a multiple of 64
-                assert r["status"].startswith("skipped (vocab 8192")
+            elif model == "book-gpu" and r["row"] == "vocab64":  # tiny: 256 tokens, already a multiple of 64
+                assert r["status"].startswith("skipped (vocab 256 ")
             else:
                 assert r["status"] == "ok", r
                 _check_measured(r)
         assert ladder[0]["ratio"] == 1.0
         assert "eager" in ladder[-1]["note"] or ladder[-1]["status"] != "ok"  # no compile without CUDA, said so
-    assert "vocab 50304" in rows[6]["note"]  # gpt2's 50,257 tokens padded to a multiple of 64
+    assert "vocab 320" in rows[6]["note"]  # tiny gpt2: 256 + 50,257 mod 64 = 273 tokens, padded to 5 x 64
 
     off, on = (r for r in rows if r["section"] == "memory")
     for r in (off, on):
