@@ -31,13 +31,13 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from minillm.attention import KVCache
 from minillm.errors import ConfigError, MinillmError
-from minillm.generate import TextDecoder, check_sampling, filter_logits
+from minillm.generate import TextDecoder, check_sampling, filter_logits, sample_next
 from minillm.model import GPT
 from minillm.tokenizer import Tokenizer
 
@@ -120,6 +120,102 @@ class SlotKVCache:
     def release(self, slot: int) -> None:
         """Free `slot` (its contents are overwritten by the next insert)."""
         self.lengths[slot] = 0
+
+
+def decode_together(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, seeds: Sequence[int],
+                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                    stop_ids: Iterable[int] = (), rows: int = 16,
+                    on_token: Callable[[int, int], bool] | None = None) -> list[list[int]]:  # fmt: skip
+    """The new tokens of each prompt as `minillm.generate.stream` samples them for it alone, `rows` prompts at a time.
+
+    Prompt i (a list of at most `context_length` ids) is sampled with its own
+    generator seeded `seeds[i]`, as `stream(model, (1, T_i) prompt, ..., seed=seeds[i])`
+    would: it is prefilled alone, then decoded beside the other rows in a
+    `SlotKVCache`, one token a row per forward pass. Past its window (prompt +
+    new tokens beyond `stream`'s cache) a row re-reads its last `context_length`
+    tokens at every step, as `stream` does; those rows share one pass. A prompt
+    ends after `max_new_tokens` tokens, at a token of `stop_ids` (kept, as
+    `stream` yields it), or when `on_token(i, token)` returns True (that token
+    kept); a free row then takes the next prompt. Sampling draws only from the
+    prompts' own generators, so the tokens are `stream`'s as long as a batched
+    forward pass computes each row as it would alone. On a CPU with the pinned
+    kernels of `conftest.py` it did for every attempt of chapters 05 and 08; in
+    general a batched matrix product may round a row's logits differently in the
+    last bit, which changes a sample only at a near-tie. Returns one list of new
+    ids per prompt.
+    """
+    _check_decode(model, prompts, max_new_tokens, seeds, rows)
+    check_sampling(temperature, top_k, top_p)
+    ctx, device, stops = model.config.context_length, model.tok_emb.weight.device, frozenset(stop_ids)
+    new: list[list[int]] = [[] for _ in prompts]
+    waiting = collections.deque(range(len(prompts)))
+    cache = SlotKVCache.for_model(model, min(rows, len(prompts)))
+    slots: dict[int, int] = {}  # slot -> prompt index (rows decoded through the slot cache)
+    windowed: list[int] = []  # prompts whose window is full: one pass over their last ctx tokens each step
+    generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+    def emit(i: int, logits: torch.Tensor) -> bool:
+        """Sample prompt i's next token from logits (1, V); True when prompt i has ended."""
+        token = int(sample_next(logits, temperature, top_k, top_p, generators[i])[0])
+        new[i].append(token)
+        ended = on_token(i, token) if on_token is not None else False
+        return bool(ended) or token in stops or len(new[i]) >= max_new_tokens
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            while waiting or slots or windowed:
+                while waiting and len(slots) + len(windowed) < cache.k.size(1):  # prefill each newcomer alone
+                    i = waiting.popleft()
+                    single = model.new_kv_cache(1, min(ctx, len(prompts[i]) + max_new_tokens))
+                    logits, _ = model(torch.tensor([list(prompts[i])], device=device), kv_cache=single, only_last=True)
+                    if not emit(i, logits[:, -1]):
+                        slot = next(s for s in range(cache.k.size(1)) if s not in slots)
+                        cache.insert(slot, single)
+                        slots[slot] = i
+                full = [s for s, i in slots.items() if int(cache.lengths[s]) >= _window(prompts[i], max_new_tokens, ctx)]
+                for slot in full:  # from now on it re-reads its window at every step, as `stream` does
+                    windowed.append(slots.pop(slot))
+                    cache.release(slot)
+                if slots:
+                    order = sorted(slots)
+                    feed = torch.tensor([[new[slots[s]][-1]] for s in order], device=device)
+                    logits, _ = model(feed, kv_cache=cache.use(order))
+                    for row, slot in enumerate(order):
+                        if emit(slots[slot], logits[row : row + 1, -1]):
+                            del slots[slot]
+                            cache.release(slot)
+                if windowed:  # the full windows, one pass for all of them
+                    windows = torch.tensor([(list(prompts[i]) + new[i])[-ctx:] for i in windowed], device=device)
+                    logits, _ = model(windows, only_last=True)
+                    for row, i in enumerate(list(windowed)):
+                        if emit(i, logits[row : row + 1, -1]):
+                            windowed.remove(i)
+    finally:
+        model.train(was_training)
+    return new
+
+
+def _window(prompt: Sequence[int], max_new_tokens: int, ctx: int) -> int:
+    """The size of `stream`'s cache for this prompt: its window is full past this many positions."""
+    return min(ctx, len(prompt) + max_new_tokens)
+
+
+def _check_decode(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens: int, seeds: Sequence[int],
+                  rows: int) -> None:  # fmt: skip
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ConfigError(f"rows must be a positive integer, got {rows!r}")
+    if len(seeds) != len(prompts):
+        raise ConfigError(f"one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
+    ctx, vocab = model.config.context_length, model.config.vocab_size
+    for i, ids in enumerate(prompts):
+        if not 0 < len(ids) <= ctx:
+            raise ConfigError(f"prompt {i} has {len(ids)} tokens; give 1 to {ctx} (the model's context)")
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise ConfigError(f"prompt {i} has a token id outside 0..{vocab - 1}")
 
 
 @dataclasses.dataclass

@@ -82,6 +82,19 @@ def filter_logits(
     return probs
 
 
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
+    """The next token of each row, (B,), from logits (B, V): greedy at `temperature=0`, else sampled.
+
+    The one decoding step of `stream` (and of `minillm.batching.decode_together`, which must draw
+    exactly what `stream` draws): `filter_logits`, then one multinomial draw from `generator`.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
 def _check_model(model: GPT) -> None:
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a minillm GPT, got {type(model).__name__}")
@@ -142,12 +155,7 @@ def stream(
                 cache.reset()  # window full: start over from the last ctx tokens
                 feed = tokens[:, -ctx:]
             logits, _ = model(feed, kv_cache=cache, only_last=True)
-            logits = logits[:, -1]  # (B, V)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1)
-            else:
-                probs = filter_logits(logits, temperature, top_k, top_p)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
             if last is not None:  # finished sequences keep repeating their stop token
                 nxt = torch.where(finished, last, nxt)
             finished = finished | torch.isin(nxt, stops)

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from minillm.batching import BatchEngine, QueueFull, Request, SlotKVCache
+from minillm.batching import BatchEngine, QueueFull, Request, SlotKVCache, decode_together
 from minillm.errors import ConfigError, DataError, MinillmError
 from minillm.generate import generate
 from minillm.instruct import CHAT_TOKENS, add_special_tokens, encode_chat, encode_example, format_chat, format_prompt
@@ -596,3 +596,76 @@ def test_an_error_while_sampling_one_row_ends_that_request_only(model, tokenizer
     with pytest.raises(MinillmError, match="generation failed"):
         bad.result(30)
     assert wait_for(lambda: engine.load == (0, 0))
+
+
+# ---------------------------------------------------------------------------
+# decode_together: many prompts sampled at once, each the tokens `generate` samples for it alone
+# ---------------------------------------------------------------------------
+
+
+def _alone_new(model: GPT, ids: list[int], max_new: int, seed: int, stop_ids=(), **sampling) -> list[int]:
+    """The new tokens of `generate` for one prompt, (1, T), with a generator seeded `seed`, cut after a stop."""
+    new = generate(model, torch.tensor([ids]), max_new, stop_tokens=stop_ids, seed=seed, **sampling)[0, len(ids) :]
+    new = new.tolist()
+    for k, token in enumerate(new):
+        if token in stop_ids:
+            return new[: k + 1]
+    return new
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize("rows", [1, 3, 16])
+def test_decode_together_gives_each_prompt_the_tokens_it_gets_alone(positions, rows):
+    """Prompts of 1 to 24 tokens on a 24-token context, 12 new tokens: several rows run past their window."""
+    model = _slot_model(positions)
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 50, (n,), generator=gen).tolist() for n in (1, 24, 7, 20, 3, 12, 24, 2)]
+    sampling = dict(temperature=0.9, top_k=20)
+    stop = (_alone_new(model, prompts[2], 12, 12, **sampling)[4],)  # prompt 2 alone writes it 5th: a stop for it
+    got = decode_together(model, prompts, 12, seeds=list(range(10, 18)), rows=rows, stop_ids=stop, **sampling)
+    assert got == [_alone_new(model, p, 12, 10 + i, stop_ids=stop, **sampling) for i, p in enumerate(prompts)]
+    assert len(got[2]) <= 5 and got[2][-1] == stop[0]
+    assert any(len(p) + len(t) > 24 for p, t in zip(prompts, got)), "no prompt ran past its window"
+
+
+def test_decode_together_stops_a_prompt_when_on_token_says_so(model, tokenizer):
+    ids = prompts(tokenizer, 6)
+    seen: dict[int, list[int]] = {}
+
+    def on_token(i: int, token: int) -> bool:
+        seen.setdefault(i, []).append(token)
+        return i % 2 == 0 and len(seen[i]) == 3  # even prompts end after their third token
+
+    got = decode_together(model, ids, 10, seeds=[0] * 6, temperature=0, rows=4, on_token=on_token)
+    for i, p in enumerate(ids):
+        alone = _alone_new(model, p, 10, 0, stop_ids=(), temperature=0)
+        assert got[i] == (alone[:3] if i % 2 == 0 else alone) == seen[i]
+
+
+def test_decode_together_leaves_the_global_rng_and_training_flag_alone(model, tokenizer):
+    model.train()
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    decode_together(model, prompts(tokenizer, 3), 5, seeds=[1, 2, 3], temperature=1.0)
+    assert torch.equal(torch.rand(3), before) and model.training
+    model.eval()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompts=[[1, 2]], seeds=[0, 1]), "one seed per prompt"),
+    (dict(prompts=[[]], seeds=[0]), "prompt 0 has 0 tokens"),
+    (dict(prompts=[[1] * (CONTEXT + 1)], seeds=[0]), f"give 1 to {CONTEXT}"),
+    (dict(prompts=[[1], [10**6]], seeds=[0, 0]), "prompt 1 has a token id outside"),
+    (dict(prompts=[[1]], seeds=[0], rows=0), "rows must be a positive integer"),
+    (dict(prompts=[[1]], seeds=[0], max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (dict(prompts=[[1]], seeds=[0], temperature=-1.0), "temperature"),
+])  # fmt: skip
+def test_decode_together_refuses_bad_input(model, kwargs, match):
+    kwargs = dict(dict(max_new_tokens=4), **kwargs)
+    with pytest.raises(ConfigError, match=match):
+        decode_together(model, kwargs.pop("prompts"), kwargs.pop("max_new_tokens"), **kwargs)
+
+
+def test_decode_together_of_no_prompts_is_empty(model):
+    assert decode_together(model, [], 5, seeds=[]) == []

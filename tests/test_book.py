@@ -20,7 +20,8 @@ from minillm.errors import ConfigError, DataError
 from minillm.model import GPT, GPTConfig
 from minillm.monitor import read_metrics
 from minillm.quality import code_quality_failures
-from minillm.skills import Rate, check_function, exact_match, function_body, function_prompts, write_function
+from minillm.skills import (Rate, check_function, exact_match, function_body, function_prompts, write_function,
+                            write_functions)
 from minillm.synthetic import TASKS, list_tasks, prompt_key
 from minillm.tokenizer import BPETokenizer
 from minillm.train import train
@@ -140,6 +141,40 @@ def test_write_function_with_a_random_model_gives_consistent_verdicts(one_thread
     assert attempt == write_function(model, tok, prompt, max_new_tokens=20, seed=3)  # reproducible
     assert attempt.source == prompt + attempt.body
     assert attempt.parses == (attempt.ended and check_function(prompt, attempt.body))
+
+
+def _code_model(context: int) -> tuple[GPT, BPETokenizer]:
+    """A 1-block GPT trained for 150 steps on a few functions: it ends some functions and not others."""
+    funcs = "".join(f'def f{i}(x):\n    """Return {i}."""\n    y = x + {i}\n    return y\n\n\n' for i in range(30))
+    tok = BPETokenizer.train(GOOD + funcs, 300)
+    ids = torch.tensor(tok.encode_ordinary(GOOD + funcs))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=context, d_model=32, n_layer=1, n_head=2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        starts = torch.randint(0, len(ids) - context - 1, (16,), generator=gen)
+        x = torch.stack([ids[s : s + context] for s in starts])
+        y = torch.stack([ids[s + 1 : s + context + 1] for s in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), tok
+
+
+@pytest.mark.parametrize("rows", [1, 4, 16])
+def test_write_functions_makes_the_attempts_write_function_makes_one_by_one(rows, one_thread):
+    """Decoded together (rows of a slot cache, full windows in one pass), attempt i is write_function's with seed i."""
+    model, tok = _code_model(context=24)
+    prompts = [f'def g{i}(x):\n    """Return {i}."""' for i in range(7)] + ['def join(a, b):\n    """' + "Join. " * 12 + '"""']
+    assert len(tok.encode_ordinary(prompts[-1])) > 24  # cut on the left to the context, as stream_text does
+    attempts = write_functions(model, tok, prompts, max_new_tokens=30, seed=5, rows=rows)
+    assert attempts == [write_function(model, tok, p, max_new_tokens=30, seed=5 + i) for i, p in enumerate(prompts)]
+    assert {a.ended for a in attempts} == {True, False}, "both verdicts should occur, or a path goes untested"
+    assert any(a.parses for a in attempts)
+    with pytest.raises(DataError, match="encodes to no tokens"):
+        write_functions(model, tok, ["def f():", ""])
 
 
 def test_skills_command_scores_a_model_folder_and_its_untrained_twin(tmp_path, capsys, one_thread):
