@@ -5,7 +5,7 @@ for tests and notebooks) serves one model with the endpoints and JSON shapes
 of OpenAI's API, so the official `openai` client, `curl`, or any tool that
 speaks the protocol can call it:
 
-* `GET /v1/models`, `GET /health`, `GET /` (a chat page, served from the
+* `GET /v1/models` (and `/v1/models/{id}`), `GET /health`, `GET /` (a chat page, served from the
   package: no CDN, no build step);
 * `POST /v1/completions` (`prompt`: a string or a list of strings) and
   `POST /v1/chat/completions` (`messages`, in the chat template of chapter 07;
@@ -18,7 +18,7 @@ speaks the protocol can call it:
 Requests are decoded together by a `minillm.batching.BatchEngine` (continuous
 batching). Limits (`ServeConfig`): request body size (413), prompt + max_tokens
 within the context (400, with the numbers), `max_tokens` at most
-`max_tokens_limit`, at most `max_batch` decoding and `max_queue` waiting (429
+`max_tokens_limit`, at most `max_batch` decoding and `max_queue` waiting (429, Retry-After
 beyond), a per-request timeout (504; in a stream, an error event after the
 text so far), an optional bearer `api_key` (401 on every path but the chat
 page and /health).
@@ -76,6 +76,10 @@ class ServeConfig:
             raise ConfigError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}")
         if self.api_key is not None and not (isinstance(self.api_key, str) and self.api_key):
             raise ConfigError("api_key must be a non-empty string or None")
+
+
+#: Seconds a client told 429 (the queue is full) should wait before it tries again (the Retry-After header).
+RETRY_AFTER_S = 1
 
 
 class APIError(Exception):
@@ -192,8 +196,14 @@ class Server:
         self.created = int(time.time())
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.config.model_name, "object": "model",
-                                            "created": self.created, "owned_by": "minillm"}]}  # fmt: skip
+        return {"object": "list", "data": [self.model_card(self.config.model_name)]}
+
+    def model_card(self, name: str) -> dict:
+        """The model object of `GET /v1/models/{name}`; 404 for a model this server does not serve."""
+        if name != self.config.model_name:
+            raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.config.model_name}'",
+                           code="model_not_found")  # fmt: skip
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "minillm"}
 
     def completion_requests(self, body: dict) -> tuple[list[Request], list[int], int, bool, bool]:
         """(requests, prompt token counts, n, stream, include_usage) of a /v1/completions body."""
@@ -366,7 +376,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
 
     @app.exception_handler(APIError)
     async def api_error(request: HTTPRequest, err: APIError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 429: {"Retry-After": str(RETRY_AFTER_S)}}.get(err.status)
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(Exception)
@@ -471,6 +481,10 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
     @app.get("/v1/models")
     async def models() -> Any:
         return server.models()
+
+    @app.get("/v1/models/{name:path}")  # ids may hold slashes, as Hugging Face names do
+    async def model(name: str) -> Any:
+        return server.model_card(name)
 
     @app.get("/health")
     async def health() -> Any:

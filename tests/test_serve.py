@@ -159,6 +159,10 @@ def test_models_and_health(chat, client):
     assert [m.id for m in client.models.list().data] == [CHAT]
     body = httpx.get(chat[0] + "/v1/models").json()
     assert body["object"] == "list" and body["data"][0]["id"] == CHAT
+    assert client.models.retrieve(CHAT).model_dump(exclude_none=True) == body["data"][0]
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.models.retrieve("gpt-4o")
+    assert assert_error(httpx.get(chat[0] + "/v1/models/org/other"), 404)["code"] == "model_not_found"
     state = health(chat[0])
     assert (state["status"], state["model"], state["chat"], state["running"], state["waiting"]) == \
         ("ok", CHAT, True, 0, 0)  # fmt: skip
@@ -484,6 +488,7 @@ def test_more_requests_than_batch_and_queue_get_429(base):
                                                          timeout=60), range(3)))  # fmt: skip
         for response in answers:
             assert assert_error(response, 429)["type"] == "rate_limit_error"
+            assert response.headers["retry-after"] == "1"  # seconds
         streamed = httpx.post(url + "/v1/completions", json={**body, "stream": True}, headers=AUTH, timeout=60)
         assert_error(streamed, 429)
         assert health(url)["status"] == "ok"
