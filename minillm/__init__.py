@@ -43,8 +43,9 @@ module                what it is for                                            
 ``masked_lm``         encoder-only: BERT's masked LM, masking, a classifier        A
 ``seq2seq``           encoder-decoder: T5, BART, greedy and beam search            A
 ``family_tasks``      appendix A's tasks: masked characters, words to digits       A
-``batching``          continuous batching: KV-cache slots, the decoding engine     C
+``batching``          continuous batching: KV-cache slots, the decoding engine     05, 08, C
 ``serve``             an OpenAI-compatible HTTP server, ``python -m minillm serve`` C
+``align``             preference tuning (DPO) and RL with verifiable rewards (GRPO) E
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all

@@ -1,0 +1,346 @@
+"""Tests of minillm.align: sequence log-probs, DPO, GRPO and their rewards, against independent computations."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+from minillm.align import (
+    DPOConfig,
+    GRPOConfig,
+    PreferencePair,
+    dpo_loss,
+    exact_match_reward,
+    group_advantages,
+    grpo_loss,
+    looks_like_answer_reward,
+    pack,
+    pair_batch,
+    prompt_ids,
+    response_batch,
+    sample_group,
+    sequence_logprobs,
+    train_dpo,
+    train_grpo,
+)
+from minillm.errors import ConfigError, DataError
+from minillm.instruct import add_special_tokens, encode_example, format_prompt
+from minillm.model import GPT, GPTConfig
+from minillm.synthetic import list_tasks
+from minillm.tokenizer import BPETokenizer
+
+ROWS = list_tasks(40, seed=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one torch thread, and an oversubscribed CPU cannot slow them down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok() -> BPETokenizer:
+    text = [format_prompt(r, "chat") + r["output"] for r in list_tasks(300, seed=0)] + ["yes no maybe"]
+    return add_special_tokens(BPETokenizer.train(text, 300))
+
+
+def tiny_gpt(vocab_size: int, seed: int = 0, context_length: int = 64) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab_size, context_length=context_length, d_model=32, n_layer=2,
+                         n_head=4)).eval()  # fmt: skip
+
+
+def by_loop(model: GPT, idx: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Sum over masked positions t of log_softmax(logits[t - 1])[idx[t]], one token at a time."""
+    with torch.no_grad():
+        logits, _ = model(idx)
+    out = []
+    for b in range(idx.size(0)):
+        total = 0.0
+        for t in range(1, idx.size(1)):
+            if mask[b, t]:
+                total += float(torch.log_softmax(logits[b, t - 1].double(), dim=-1)[idx[b, t]])
+        out.append(total)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Log-probabilities and batches
+# ---------------------------------------------------------------------------
+
+
+def test_sequence_logprobs_equals_a_token_by_token_sum_and_ignores_padding(tok):
+    model = tiny_gpt(tok.vocab_size)
+    batch = response_batch(ROWS[:4], [r["output"] for r in ROWS[:4]], tok, 64)
+    idx, mask = batch["idx"], batch["response_mask"]
+    got = sequence_logprobs(model, idx, mask)
+    assert got.shape == (4,)
+    torch.testing.assert_close(got.double(), torch.tensor(by_loop(model, idx, mask), dtype=torch.float64),
+                               rtol=0, atol=1e-4)  # fmt: skip
+    per = sequence_logprobs(model, idx, mask, per_token=True)
+    assert per.shape == (4, idx.size(1) - 1)
+    torch.testing.assert_close(per.sum(-1), got)
+    assert bool((per[~mask[:, 1:]] == 0).all())
+    for b in range(4):  # a row alone (no padding) scores as in the padded batch
+        n = int(mask[b].nonzero().max()) + 1
+        alone = sequence_logprobs(model, idx[b : b + 1, :n], mask[b : b + 1, :n])
+        torch.testing.assert_close(alone[0], got[b], rtol=0, atol=1e-5)
+    with pytest.raises(DataError, match="position 0"):
+        sequence_logprobs(model, idx, torch.ones_like(mask))
+
+
+def test_gradients_flow_through_sequence_logprobs(tok):
+    model = tiny_gpt(tok.vocab_size)
+    batch = response_batch(ROWS[:2], ["[1, 2]", "7"], tok, 64)
+    sequence_logprobs(model, batch["idx"], batch["response_mask"]).sum().backward()
+    assert model.tok_emb.weight.grad is not None and float(model.tok_emb.weight.grad.abs().sum()) > 0
+
+
+def test_masks_cover_exactly_the_response_tokens(tok):
+    rows, answers = ROWS[:3], ["[3, 1]", "12", "[0]"]
+    batch = response_batch(rows, answers, tok, 64)
+    end = tok.special_tokens["<|end|>"]
+    for b, (row, answer) in enumerate(zip(rows, answers)):
+        ids, n = encode_example({**row, "output": answer}, tok, "chat")
+        assert batch["idx"][b, : len(ids)].tolist() == ids
+        assert batch["idx"][b, len(ids) :].tolist() == [end] * (batch["idx"].size(1) - len(ids))  # padding
+        assert batch["response_mask"][b].nonzero().flatten().tolist() == list(range(n, len(ids)))
+        assert tok.decode(ids[n:]) == answer + "<|end|>"
+        assert prompt_ids(row, tok) == ids[:n]
+    pairs = [PreferencePair(rows[0], "[1, 3]", "[3, 1, 1]"), PreferencePair(rows[1], "5", "50")]
+    pb = pair_batch(pairs, tok, 64, pad_id=0)
+    assert pb["chosen_idx"].shape == pb["rejected_idx"].shape == pb["chosen_mask"].shape
+    for b, p in enumerate(pairs):
+        for side in ("chosen", "rejected"):
+            ids, n = encode_example({**p.prompt, "output": getattr(p, side)}, tok, "chat")
+            assert pb[f"{side}_mask"][b].nonzero().flatten().tolist() == list(range(n, len(ids)))
+            assert pb[f"{side}_idx"][b, len(ids) :].eq(0).all()
+    assert pack([([5, 6, 7], 2)], pad_id=9)["response_mask"].tolist() == [[False, False, True]]
+
+
+def test_bad_batches_raise_clear_errors(tok):
+    with pytest.raises(DataError, match=r"pair 1: chosen and rejected are the same"):
+        pair_batch([PreferencePair(ROWS[0], "1", "2"), PreferencePair(ROWS[1], "[1]", " [1] ")], tok, 64)
+    n = len(encode_example({**ROWS[0], "output": "1"}, tok, "chat")[0])
+    with pytest.raises(DataError, match=rf"pair 0 \(chosen\): {n} tokens .* context of {n - 1}"):
+        pair_batch([PreferencePair(ROWS[0], "1", "2")], tok, n - 1)
+    with pytest.raises(DataError, match="example 1"):
+        response_batch(ROWS[:2], ["1", "  "], tok, 64)  # an empty response
+    with pytest.raises(DataError, match="2 rows but 1 responses"):
+        response_batch(ROWS[:2], ["1"], tok, 64)
+
+
+# ---------------------------------------------------------------------------
+# DPO
+# ---------------------------------------------------------------------------
+
+
+def test_dpo_loss_and_rewards_match_a_direct_computation():
+    gen = torch.Generator().manual_seed(0)
+    logps = [-20 * torch.rand(6, generator=gen, dtype=torch.float64) for _ in range(4)]
+    for beta in (0.01, 0.1, 0.5, 3.0):
+        loss, rc, rr = dpo_loss(*logps, beta=beta)
+        pc, pr, c, r = ([float(x) for x in t] for t in logps)
+        terms = []
+        for i in range(6):
+            z = beta * ((pc[i] - c[i]) - (pr[i] - r[i]))
+            terms.append(-math.log(1 / (1 + math.exp(-z))))
+        assert float(loss) == pytest.approx(sum(terms) / 6, rel=1e-12)
+        assert [float(x) for x in rc] == pytest.approx([beta * (pc[i] - c[i]) for i in range(6)])
+        assert [float(x) for x in rr] == pytest.approx([beta * (pr[i] - r[i]) for i in range(6)])
+    same = torch.zeros(3)
+    assert float(dpo_loss(same, same, same, same)[0]) == pytest.approx(math.log(2))  # policy = reference
+    big = torch.tensor([1e4])  # logsigmoid: no overflow at huge margins
+    assert float(dpo_loss(-big, big, big, -big, beta=1.0)[0]) == pytest.approx(4e4)
+    for beta in (0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match="beta"):
+            dpo_loss(same, same, same, same, beta=beta)
+    with pytest.raises(ConfigError, match="one shape"):
+        dpo_loss(same, same, same, torch.zeros(2))
+
+
+def test_dpo_raises_the_margin_and_leaves_the_reference_alone(tok):
+    policy = tiny_gpt(tok.vocab_size, seed=1)
+    reference = copy.deepcopy(policy)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    pairs = [PreferencePair(r, r["output"], "[9, 9, 9]" if r["output"] != "[9, 9, 9]" else "0") for r in ROWS[:12]]
+    config = DPOConfig(beta=0.5, lr=3e-3, steps=12, batch_size=4, device="cpu")
+    result = train_dpo(policy, reference, pairs, tok, config, eval_pairs=pairs[:6])
+    assert result.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # starts at the reference
+    assert result.history[0]["reward_accuracy"] == 0.0  # ties: no pair ranked yet
+    assert result.eval_before["margin"] == pytest.approx(0.0, abs=1e-5)
+    assert result.eval_after["margin"] > 1.0 and result.eval_after["reward_accuracy"] == 1.0
+    assert result.history[-1]["loss"] < 0.5 * math.log(2)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in before.items())
+    again = train_dpo(tiny_gpt(tok.vocab_size, seed=1), copy.deepcopy(reference), pairs, tok, config)
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]  # the seed decides
+
+
+def test_dpo_refuses_bad_settings(tok):
+    policy = tiny_gpt(tok.vocab_size)
+    pairs = [PreferencePair(ROWS[0], "1", "2")]
+    with pytest.raises(ConfigError, match="copy.deepcopy"):
+        train_dpo(policy, policy, pairs, tok, DPOConfig(device="cpu"))
+    with pytest.raises(DataError, match="pair 0: chosen and rejected"):
+        train_dpo(policy, copy.deepcopy(policy), [PreferencePair(ROWS[0], "1", "1")], tok, DPOConfig(device="cpu"))
+    for bad in (dict(beta=0), dict(beta=-1.0), dict(lr=0), dict(steps=0), dict(batch_size=0), dict(schedule="x")):
+        with pytest.raises(ConfigError):
+            DPOConfig(**bad)
+
+
+# ---------------------------------------------------------------------------
+# GRPO
+# ---------------------------------------------------------------------------
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 3.0]])
+    adv = group_advantages(rewards, eps=1e-4)
+    # group 0: mean 0.5, population std 0.5 -> about +-1; group 1: all equal -> 0;
+    # group 2: mean 0.75, deviations -0.75 (x3) and 2.25, population std sqrt((3 * 0.5625 + 5.0625) / 4)
+    s0, s2 = 0.5 + 1e-4, math.sqrt((3 * 0.5625 + 5.0625) / 4) + 1e-4
+    expected = [[0.5 / s0, -0.5 / s0, -0.5 / s0, 0.5 / s0], [0.0] * 4, [-0.75 / s2] * 3 + [2.25 / s2]]
+    torch.testing.assert_close(adv, torch.tensor(expected))
+    assert not bool(adv.isnan().any())
+    torch.testing.assert_close(group_advantages(rewards, scale=False),
+                               torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [-0.75] * 3 + [2.25]]))  # fmt: skip
+    with pytest.raises(ConfigError, match="G >= 2"):
+        group_advantages(torch.ones(3, 1))
+    with pytest.raises(DataError, match="finite"):
+        group_advantages(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_grpo_loss_is_the_policy_gradient_at_ratio_one():
+    gen = torch.Generator().manual_seed(0)
+    n, t = 4, 6
+    logps = (-3 * torch.rand(n, t, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    mask = torch.rand(n, t, generator=gen) > 0.3
+    mask[:, 0] = True
+    adv = torch.randn(n, generator=gen, dtype=torch.float64)
+    loss, info = grpo_loss(logps, logps.detach(), adv, mask)
+    loss.backward()
+    counts = mask.sum(1).tolist()
+    for i in range(n):
+        for j in range(t):
+            expected = -float(adv[i]) / (counts[i] * n) if mask[i, j] else 0.0  # -A grad logp, per-sequence mean
+            assert float(logps.grad[i, j]) == pytest.approx(expected, abs=1e-12)
+    assert float(loss.detach()) == pytest.approx(-float(adv.mean()))  # ratio 1: loss = -mean A
+    assert info["clip_fraction"] == 0.0 and math.isnan(info["kl"])
+
+
+def test_grpo_clipping_stops_the_gradient_only_in_the_advantages_direction():
+    old = torch.zeros(4, 1, dtype=torch.float64)
+    # ratios 1.5, 0.5, 1.5, 0.5 with advantages +1, -1, -1, +1 (eps 0.2)
+    logps = torch.log(torch.tensor([[1.5], [0.5], [1.5], [0.5]], dtype=torch.float64)).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64)
+    loss, info = grpo_loss(logps, old, adv, torch.ones(4, 1, dtype=torch.bool), clip_eps=0.2)
+    loss.backward()
+    grad = logps.grad.flatten().tolist()
+    assert grad[0] == 0.0 and grad[1] == 0.0  # already moved past the clip the way A wants: no more push
+    assert grad[2] == pytest.approx(1.5 / 4) and grad[3] == pytest.approx(-0.5 / 4)  # d(-ratio A)/dlogp / N
+    assert info["clip_fraction"] == 0.5
+    assert float(loss.detach()) == pytest.approx(-(1.2 - 0.8 - 1.5 + 0.5) / 4)
+
+
+def test_grpo_loss_kl_term_is_the_k3_estimate():
+    logps = torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64)
+    ref = torch.tensor([[-1.5, -1.0, -0.5]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False]])
+    k3 = [math.exp(r - p) - (r - p) - 1 for p, r in ((-1.0, -1.5), (-2.0, -1.0))]
+    loss, info = grpo_loss(logps, logps, torch.tensor([0.0], dtype=torch.float64), mask, kl_coef=0.3, ref_logps=ref)
+    assert info["kl"] == pytest.approx(sum(k3) / 2)
+    assert float(loss) == pytest.approx(0.3 * sum(k3) / 2)
+    with pytest.raises(ConfigError, match="ref_logps"):
+        grpo_loss(logps, logps, torch.zeros(1), mask, kl_coef=0.1)
+
+
+def test_sample_group_decodes_a_batch_and_stops_at_the_end_marker(tok):
+    model = tiny_gpt(tok.vocab_size)
+    end = tok.special_tokens["<|end|>"]
+    samples = sample_group(model, tok, ROWS[0], 6, 5, generator=torch.Generator().manual_seed(0))
+    assert len(samples) == 6 and all(1 <= len(s) <= 5 for s in samples)
+    assert all(end not in s[:-1] for s in samples)  # cut at the first end marker
+    again = sample_group(model, tok, ROWS[0], 6, 5, generator=torch.Generator().manual_seed(0))
+    assert again == samples
+    with pytest.raises(DataError, match="exceeds the context"):
+        sample_group(model, tok, ROWS[0], 2, 64)
+
+
+def _sft(model: GPT, tok, rows: list[dict], answers: list[str], steps: int = 60) -> None:
+    """Teach the model to answer each row with one of `answers`, about equally often (a start for RL)."""
+    batch = response_batch([r for r in rows for _ in answers], answers * len(rows), tok, 64)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = -sequence_logprobs(model, batch["idx"], batch["response_mask"]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_grpo_raises_the_probability_of_the_rewarded_answer(tok):
+    rows = ROWS[:4]
+    policy = tiny_gpt(tok.vocab_size, seed=2)
+    _sft(policy, tok, rows, ["yes", "no"])
+    target = response_batch(rows, ["yes"] * 4, tok, 64)
+
+    def p_yes(model: GPT) -> float:
+        with torch.no_grad():
+            return float(sequence_logprobs(model, target["idx"], target["response_mask"]).exp().mean())
+
+    start = p_yes(policy)
+    assert 0.2 < start < 0.8, start  # both answers likely: groups have signal
+    reference = copy.deepcopy(policy)
+    config = GRPOConfig(group_size=6, prompts_per_step=4, steps=12, lr=1e-3, max_new_tokens=4, device="cpu")
+    result = train_grpo(policy, reference, rows, tok, lambda row, text: float(text.strip() == "yes"), config)
+    assert p_yes(policy) > start + 0.08  # +0.16 to +0.19 over 4 models x 3 seeds
+    assert p_yes(reference) == start
+    assert len(result.history) == 12 and all(0 <= h["reward_mean"] <= 1 for h in result.history)
+    assert all(h["kl"] >= 0 for h in result.history if h["updated"])
+
+
+def test_grpo_counts_skips_and_refuses_bad_rewards_and_settings(tok):
+    policy = tiny_gpt(tok.vocab_size)
+    rows = ROWS[:3]
+    config = GRPOConfig(group_size=3, prompts_per_step=3, steps=2, max_new_tokens=3, device="cpu")
+    calls = []
+
+    def flaky(row, text):
+        calls.append(text)
+        if len(calls) % 4 == 0:
+            raise ValueError("cannot parse")
+        return random.Random(len(calls)).random()
+
+    result = train_grpo(policy, None, rows, tok, flaky, config)
+    assert result.skipped == sum(h["skipped"] for h in result.history) == len(calls) // 4 > 0
+    assert len(result.history) == 2
+    flat = train_grpo(tiny_gpt(tok.vocab_size), None, rows, tok, lambda r, t: 1.0, config)
+    assert flat.zero_signal_groups == 6 and not any(h["updated"] for h in flat.history)
+    assert flat.history[0]["reward_one"] == 1.0
+    with pytest.raises(DataError, match="finite number"):
+        train_grpo(policy, None, rows, tok, lambda r, t: float("nan"), config)
+    with pytest.raises(DataError, match="finite number"):
+        train_grpo(policy, None, rows, tok, lambda r, t: "1", config)
+    with pytest.raises(ConfigError, match="copy.deepcopy"):
+        train_grpo(policy, policy, rows, tok, exact_match_reward, config)
+    with pytest.raises(ConfigError, match="reference"):
+        train_grpo(policy, None, rows, tok, exact_match_reward, GRPOConfig(kl_coef=0.1, device="cpu"))
+    with pytest.raises(DataError, match="row 0: a prompt of"):
+        train_grpo(policy, None, rows, tok, exact_match_reward, GRPOConfig(max_new_tokens=60, device="cpu"))
+    for bad in (dict(group_size=1), dict(group_size=0), dict(temperature=0), dict(inner_updates=0), dict(lr=-1)):
+        with pytest.raises(ConfigError):
+            GRPOConfig(**bad)
+
+
+def test_rewards():
+    row = {"instruction": "Sort the list.", "input": "[2, 1]", "output": "[1, 2]"}
+    assert exact_match_reward(row, " [1, 2]\n") == 1.0
+    assert exact_match_reward(row, "[2, 1]") == 0.0
+    for text, want in (("[2, 1]", 1.0), ("[]", 1.0), ("17", 1.0), ("[1, 2", 0.0), ("two", 0.0), ("[1, a]", 0.0)):
+        assert looks_like_answer_reward(row, text) == want, text
