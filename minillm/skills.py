@@ -164,7 +164,9 @@ def write_functions(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_ne
     stop_ids = frozenset() if end is None else frozenset({end})
     ids = []
     for p in prompts:
-        encoded = tokenizer.encode_ordinary(p) if isinstance(p, str) else None
+        if not isinstance(p, str):
+            raise TypeError(f"each prompt must be a str, got {type(p).__name__}")
+        encoded = tokenizer.encode_ordinary(p)
         if not encoded:
             raise DataError(f"the prompt {p!r} encodes to no tokens; give a function header to continue")
         ids.append(encoded[-ctx:])  # cut on the left to the context, as stream_text does

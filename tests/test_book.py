@@ -175,6 +175,9 @@ def test_write_functions_makes_the_attempts_write_function_makes_one_by_one(rows
     assert any(a.parses for a in attempts)
     with pytest.raises(DataError, match="encodes to no tokens"):
         write_functions(model, tok, ["def f():", ""])
+    with pytest.raises(TypeError, match="must be a str"):
+        write_functions(model, tok, ["def f():", None])
+    assert write_functions(model, tok, []) == []
 
 
 def test_skills_command_scores_a_model_folder_and_its_untrained_twin(tmp_path, capsys, one_thread):
