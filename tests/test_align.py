@@ -36,13 +36,7 @@ from minillm.tokenizer import BPETokenizer
 ROWS = list_tasks(40, seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one torch thread, and an oversubscribed CPU cannot slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest on a shared CPU
 
 
 @pytest.fixture(scope="module")
