@@ -17,6 +17,7 @@ from minillm.align import (
     exact_match_reward,
     group_advantages,
     grpo_loss,
+    length_reward,
     looks_like_answer_reward,
     pack,
     pair_batch,
@@ -165,7 +166,7 @@ def test_dpo_raises_the_margin_and_leaves_the_reference_alone(tok):
     reference = copy.deepcopy(policy)
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     pairs = [PreferencePair(r, r["output"], "[9, 9, 9]" if r["output"] != "[9, 9, 9]" else "0") for r in ROWS[:12]]
-    config = DPOConfig(beta=0.5, lr=3e-3, steps=12, batch_size=4, device="cpu")
+    config = DPOConfig(beta=0.5, lr=3e-3, steps=12, batch_size=4, sft_coef=0.0, device="cpu")
     result = train_dpo(policy, reference, pairs, tok, config, eval_pairs=pairs[:6])
     assert result.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # starts at the reference
     assert result.history[0]["reward_accuracy"] == 0.0  # ties: no pair ranked yet
@@ -177,6 +178,30 @@ def test_dpo_raises_the_margin_and_leaves_the_reference_alone(tok):
     assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]  # the seed decides
 
 
+def test_a_dpo_step_is_the_hand_written_step(tok):
+    pairs = [PreferencePair(r, r["output"], "[9, 9, 9]" if r["output"] != "[9, 9, 9]" else "0") for r in ROWS[:4]]
+    policy, hand = tiny_gpt(tok.vocab_size, seed=4), tiny_gpt(tok.vocab_size, seed=4)
+    reference = copy.deepcopy(policy)
+    config = DPOConfig(beta=0.3, lr=1e-2, steps=1, batch_size=4, sft_coef=0.5, grad_clip=0, device="cpu")
+    train_dpo(policy, reference, pairs, tok, config)
+    # by hand: DPO on all four pairs + 0.5 x the chosen responses' NLL per token, one step of torch's AdamW
+    batch = pair_batch(pairs, tok, 64)
+    pc = sequence_logprobs(hand, batch["chosen_idx"], batch["chosen_mask"])
+    pr = sequence_logprobs(hand, batch["rejected_idx"], batch["rejected_mask"])
+    with torch.no_grad():
+        rc = sequence_logprobs(reference, batch["chosen_idx"], batch["chosen_mask"])
+        rr = sequence_logprobs(reference, batch["rejected_idx"], batch["rejected_mask"])
+    z = 0.3 * ((pc - rc) - (pr - rr))
+    nll = -(pc / batch["chosen_mask"].sum(dim=1)).mean()
+    (torch.log1p(torch.exp(-z)).mean() + 0.5 * nll).backward()
+    torch.optim.AdamW(hand.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0).step()
+    for (name, a), b in zip(policy.named_parameters(), hand.parameters()):
+        # a first Adam step moves each weight by about lr * sign(gradient); where the gradient is zero up to
+        # rounding (the key biases: softmax ignores them) the sign is noise, so only the others are compared
+        real = b.grad.abs() > 1e-7
+        torch.testing.assert_close(a[real], b[real], rtol=0, atol=1e-6, msg=name)
+
+
 def test_dpo_refuses_bad_settings(tok):
     policy = tiny_gpt(tok.vocab_size)
     pairs = [PreferencePair(ROWS[0], "1", "2")]
@@ -184,7 +209,8 @@ def test_dpo_refuses_bad_settings(tok):
         train_dpo(policy, policy, pairs, tok, DPOConfig(device="cpu"))
     with pytest.raises(DataError, match="pair 0: chosen and rejected"):
         train_dpo(policy, copy.deepcopy(policy), [PreferencePair(ROWS[0], "1", "1")], tok, DPOConfig(device="cpu"))
-    for bad in (dict(beta=0), dict(beta=-1.0), dict(lr=0), dict(steps=0), dict(batch_size=0), dict(schedule="x")):
+    for bad in (dict(beta=0), dict(beta=-1.0), dict(lr=0), dict(steps=0), dict(batch_size=0), dict(schedule="x"),
+                dict(sft_coef=-1.0), dict(warmup_steps=41)):
         with pytest.raises(ConfigError):
             DPOConfig(**bad)
 
@@ -338,3 +364,5 @@ def test_rewards():
     assert exact_match_reward(row, "[2, 1]") == 0.0
     for text, want in (("[2, 1]", 1.0), ("[]", 1.0), ("17", 1.0), ("[1, 2", 0.0), ("two", 0.0), ("[1, a]", 0.0)):
         assert looks_like_answer_reward(row, text) == want, text
+    assert length_reward(row, " [1, 2] ") == 6 / 40 and length_reward(row, "9" * 50) == 1.0
+    assert length_reward(row, "", chars=10) == 0.0
