@@ -45,7 +45,9 @@ module                what it is for                                            
 ``family_tasks``      appendix A's tasks: masked characters, words to digits       A
 ``batching``          continuous batching: KV-cache slots, the decoding engine     05, 08, C
 ``serve``             an OpenAI-compatible HTTP server, ``python -m minillm serve`` C
-``align``             preference tuning (DPO) and RL with verifiable rewards (GRPO) E
+``align``             alignment's shared pieces: response log-probs, rewards       E
+``dpo``               preference tuning: the DPO loss and its training loop        E
+``grpo``              RL with verifiable rewards: GRPO's groups, loss and loop     E
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all

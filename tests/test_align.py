@@ -1,4 +1,4 @@
-"""Tests of minillm.align: sequence log-probs, DPO, GRPO and their rewards, against independent computations."""
+"""Tests of minillm.align, minillm.dpo and minillm.grpo: sequence log-probs, DPO, GRPO and their rewards, against independent computations."""
 
 from __future__ import annotations
 
@@ -9,25 +9,10 @@ import random
 import pytest
 import torch
 
-from minillm.align import (
-    DPOConfig,
-    GRPOConfig,
-    PreferencePair,
-    dpo_loss,
-    exact_match_reward,
-    group_advantages,
-    grpo_loss,
-    length_reward,
-    looks_like_answer_reward,
-    pack,
-    pair_batch,
-    prompt_ids,
-    response_batch,
-    sample_group,
-    sequence_logprobs,
-    train_dpo,
-    train_grpo,
-)
+from minillm.align import (exact_match_reward, length_reward, looks_like_answer_reward, pack, prompt_ids,
+                           response_batch, sequence_logprobs)
+from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, pair_batch, train_dpo
+from minillm.grpo import GRPOConfig, group_advantages, grpo_loss, sample_group, train_grpo
 from minillm.errors import ConfigError, DataError
 from minillm.instruct import add_special_tokens, encode_example, format_prompt
 from minillm.model import GPT, GPTConfig

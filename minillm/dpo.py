@@ -1,0 +1,198 @@
+"""Preference tuning with DPO (appendix E): raise the better response's log-prob against a frozen reference.
+
+For pairs (prompt, chosen, rejected), DPO (Rafailov et al. 2023) turns the
+Bradley-Terry model of preferences, p(chosen > rejected) = sigmoid(r_c - r_r),
+with the implicit reward r = beta (log p_policy - log p_ref), into a loss on
+the policy alone: loss = -log sigmoid(beta ((pc - rc) - (pr - rr))) (`dpo_loss`).
+`train_dpo` is the loop (one forward pass scores the chosen and rejected rows
+of a batch; the reference's log-probs are computed once) and reports how
+often the implicit reward ranks held-out pairs right (`preference_stats`).
+DPO may lower both log-probs (only their difference counts);
+`DPOConfig.sft_coef` adds the chosen responses' NLL to hold them up (RPO,
+Pang et al. 2024). The shared pieces (log-probs, encoding) are in `minillm.align`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from minillm.align import (Encoded, EpochShuffle, check_models, default_pad_id, encode_response, optimizer_step, pack,
+                           require, sequence_logprobs)
+from minillm.device import resolve_device
+from minillm.errors import ConfigError, DataError
+from minillm.model import GPT
+from minillm.optim import SCHEDULES, lr_at, make_optimizer
+from minillm.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt row (a dict with `instruction` and optional `input`) and two responses, the better first."""
+
+    prompt: dict
+    chosen: str
+    rejected: str
+
+
+def _encode_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, context_length: int,
+                  template: str) -> list[tuple[Encoded, Encoded]]:  # fmt: skip
+    """Each pair's (chosen, rejected) encodings; a DataError names the pair that cannot be used."""
+    out = []
+    for i, p in enumerate(pairs):
+        if p.chosen.strip() == p.rejected.strip():
+            raise DataError(f"pair {i}: chosen and rejected are the same response ({p.chosen!r}); a preference "
+                            "needs two different responses: drop the pair")  # fmt: skip
+        out.append((encode_response(p.prompt, p.chosen, tokenizer, context_length, template, f"pair {i} (chosen)"),
+                    encode_response(p.prompt, p.rejected, tokenizer, context_length, template, f"pair {i} (rejected)")))
+    return out
+
+
+def _pack_pairs(encoded: list[tuple[Encoded, Encoded]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """One batch of 2B rows, the chosen responses first: {"idx": (2B, T), "response_mask": (2B, T)}."""
+    return pack([c for c, _ in encoded] + [r for _, r in encoded], pad_id, device)
+
+
+def pair_batch(pairs: list[PreferencePair], tokenizer: Tokenizer, context_length: int, template: str = "chat",
+               pad_id: int | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """{"chosen_idx", "chosen_mask", "rejected_idx", "rejected_mask"}, each (B, T), padded to one T.
+
+    DataError, naming the pair, for chosen == rejected (whitespace aside) or a
+    response that does not fit `context_length`.
+    """
+    batch = _pack_pairs(_encode_pairs(pairs, tokenizer, context_length, template), default_pad_id(tokenizer, template, pad_id))
+    b = len(pairs)
+    return {"chosen_idx": batch["idx"][:b], "chosen_mask": batch["response_mask"][:b],
+            "rejected_idx": batch["idx"][b:], "rejected_mask": batch["response_mask"][b:]}  # fmt: skip
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor,
+             beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss, chosen_rewards (B,), rejected_rewards (B,)) of DPO; all four inputs (B,) sequence log-probs.
+
+    loss = mean of -log sigmoid(beta ((pc - rc) - (pr - rr))), by `logsigmoid`
+    (no overflow at large margins); rewards = beta (policy - ref), detached.
+    """
+    if not (isinstance(beta, numbers.Real) and beta > 0 and math.isfinite(beta)):
+        raise ConfigError(f"beta must be a finite number > 0 (about 0.1), got {beta!r}")
+    logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    if len({tuple(t.shape) for t in logps}) != 1:
+        raise ConfigError(f"the four log-prob tensors must have one shape (B,), got {[tuple(t.shape) for t in logps]}")
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    loss = -F.logsigmoid(beta * (chosen - rejected)).mean()
+    return loss, (beta * chosen).detach(), (beta * rejected).detach()
+
+
+@dataclass
+class DPOConfig:
+    """DPO's settings; defaults suit the book's chat model on a CPU."""
+
+    beta: float = 1.0  # small = the policy may move far from the reference (the paper's 0.1 moved this model too far)
+    lr: float = 1e-4
+    steps: int = 40
+    batch_size: int = 16  # pairs a step
+    sft_coef: float = 1.0  # x mean token NLL of the chosen responses (0: plain DPO)
+    warmup_steps: int = 0
+    schedule: str = "constant"  # minillm.optim.SCHEDULES (cosine decays to lr / 10)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0: no clipping
+    template: str = "chat"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.beta > 0 and math.isfinite(self.beta), f"beta must be a finite number > 0, got {self.beta!r}")
+        require(self.lr > 0 and self.sft_coef >= 0, f"need lr > 0 and sft_coef >= 0, got {self.lr}, {self.sft_coef}")
+        require(isinstance(self.steps, int) and self.steps >= 1 and isinstance(self.batch_size, int)
+               and self.batch_size >= 1, f"steps and batch_size must be integers >= 1, got {self.steps}, "
+               f"{self.batch_size}")  # fmt: skip
+        require(self.schedule in SCHEDULES and 0 <= self.warmup_steps <= self.steps, f"schedule must be one of "
+               f"{SCHEDULES} and 0 <= warmup_steps <= steps; got {self.schedule!r}, {self.warmup_steps}")  # fmt: skip
+        require(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip and weight_decay must be >= 0")
+
+
+@dataclass
+class DPOResult:
+    """What `train_dpo` returns; `eval_before`/`eval_after`: `preference_stats` on eval_pairs (None without)."""
+
+    policy: GPT
+    history: list[dict] = field(default_factory=list)  # per step: loss, reward_accuracy, margin, nll, lr
+    eval_before: dict | None = None
+    eval_after: dict | None = None
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def _pair_logprobs(model: GPT, encoded: list, pad_id: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen (N,), rejected (N,)) sequence log-probs of encoded pairs, without gradients."""
+    device, out = next(model.parameters()).device, []
+    for s in range(0, len(encoded), batch_size):
+        batch = _pack_pairs(encoded[s : s + batch_size], pad_id, device)
+        out.append(sequence_logprobs(model, batch["idx"], batch["response_mask"]).view(2, -1))
+    return tuple(torch.cat(out, dim=1))
+
+
+def preference_stats(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor,
+                     beta: float) -> dict[str, float]:  # fmt: skip
+    """How well policy (pc, pr) and reference (rc, rr) log-probs, each (N,), rank N pairs.
+
+    reward_accuracy: share with chosen reward > rejected reward (strictly: a
+    policy equal to its reference scores 0, all ties); margin: mean chosen
+    minus rejected reward; logp_accuracy: share with pc > pr (the policy alone).
+    """
+    margins = beta * ((pc - rc) - (pr - rr))
+    return {"reward_accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()),
+            "logp_accuracy": float((pc > pr).float().mean())}  # fmt: skip
+
+
+def train_dpo(policy: GPT, reference: GPT, pairs: list[PreferencePair], tokenizer: Tokenizer, config: DPOConfig,
+              eval_pairs: list[PreferencePair] | None = None) -> DPOResult:  # fmt: skip
+    """Train `policy` in place with DPO against the frozen `reference` on `pairs`.
+
+    All pairs are encoded and checked first (a bad pair raises DataError before
+    any step); the reference's log-probs are computed once. Each step draws
+    `batch_size` pairs (an epoch-wise shuffle from `seed`), scores chosen and
+    rejected rows in one forward pass, and takes an AdamW step.
+    """
+    t0 = time.perf_counter()
+    check_models(policy, reference)
+    if not pairs:
+        raise DataError("train_dpo needs at least one preference pair")
+    device = resolve_device(config.device)
+    policy.to(device).eval()
+    reference.to(device).eval()
+    ctx, pad = policy.config.context_length, default_pad_id(tokenizer, config.template, None)
+    train = _encode_pairs(pairs, tokenizer, ctx, config.template)
+    held = _encode_pairs(eval_pairs, tokenizer, ctx, config.template) if eval_pairs else None
+    ref_c, ref_r = _pair_logprobs(reference, train, pad)
+    result = DPOResult(policy)
+    if held:
+        ref_held = _pair_logprobs(reference, held, pad)
+        result.eval_before = preference_stats(*_pair_logprobs(policy, held, pad), *ref_held, config.beta)
+    optimizer = make_optimizer(policy, config.lr, config.weight_decay)
+    order = EpochShuffle(len(pairs), config.seed)
+    for step in range(config.steps):
+        lr = lr_at(step, config.schedule, config.lr, config.steps, config.warmup_steps, config.lr / 10)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        take = order.take(config.batch_size)
+        batch = _pack_pairs([train[i] for i in take], pad, device)
+        logps = sequence_logprobs(policy, batch["idx"], batch["response_mask"])  # (2B,): chosen, then rejected
+        b = len(take)
+        loss, rc, rr = dpo_loss(logps[:b], logps[b:], ref_c[take], ref_r[take], config.beta)
+        nll = -(logps[:b] / batch["response_mask"][:b].sum(dim=1)).mean()  # per token of the chosen responses
+        (loss + config.sft_coef * nll).backward()
+        optimizer_step(optimizer, policy, config.grad_clip)
+        result.history.append({"step": step + 1, "loss": float(loss.detach()), "margin": float((rc - rr).mean()),
+                               "reward_accuracy": float((rc > rr).float().mean()), "nll": float(nll.detach()),
+                               "lr": lr})  # fmt: skip
+    if held:
+        result.eval_after = preference_stats(*_pair_logprobs(policy, held, pad), *ref_held, config.beta)
+    result.seconds = time.perf_counter() - t0
+    return result
