@@ -11,7 +11,8 @@ built from the pieces here:
 
 Here: `sequence_logprobs(model, idx, response_mask)`, log p(response | prompt)
 of a right-padded batch, (B,) or per token (B, T-1), the quantity both methods
-are built from; `response_batch` (and `pack`, `prompt_ids`) encode prompts and
+are built from; `sample_group`, G sampled answers to one prompt (GRPO's
+groups, DPO's rejected answers); `response_batch` (and `pack`, `prompt_ids`) encode prompts and
 responses exactly as chapter 07 did (`minillm.instruct.encode_example`: the
 template's prompt, the response, its end marker); the rewards, programs that
 check an answer (`exact_match_reward`) or only seem to
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from minillm.errors import ConfigError, DataError
+from minillm.generate import stream
 from minillm.instruct import encode_example, end_token
 from minillm.model import GPT
 from minillm.optim import clip_grad_norm
@@ -121,6 +123,30 @@ def response_batch(rows: list[dict], responses: list[str], tokenizer: Tokenizer,
         raise DataError(f"{len(rows)} rows but {len(responses)} responses; give one response per row")
     return pack([encode_response(r, s, tokenizer, context_length, template, f"example {i}")
                  for i, (r, s) in enumerate(zip(rows, responses))], default_pad_id(tokenizer, template, pad_id))  # fmt: skip
+
+
+@torch.no_grad()
+def sample_group(model: GPT, tokenizer: Tokenizer, row: dict, group_size: int, max_new_tokens: int,
+                 temperature: float = 1.0, generator: torch.Generator | None = None,
+                 template: str = "chat") -> list[list[int]]:  # fmt: skip
+    """G sampled responses to one prompt: token id lists, each ending with the end marker if it was reached.
+
+    The G copies of the prompt are decoded together in one batch with the KV
+    cache (`minillm.generate.stream`; equal prompts need no padding), from
+    softmax(logits / temperature) without top-k/top-p (the distribution whose
+    log-probs GRPO trains). `generator`: on the model's device (None: torch's
+    global RNG). The prompt plus `max_new_tokens` must fit the context.
+    """
+    require(isinstance(group_size, int) and group_size >= 1, f"group_size must be an integer >= 1, got {group_size!r}")
+    ids = prompt_ids(row, tokenizer, template)
+    if len(ids) + max_new_tokens > model.config.context_length:
+        raise DataError(f"a prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} exceeds the context of "
+                        f"{model.config.context_length}; lower max_new_tokens or shorten the prompt")  # fmt: skip
+    end = tokenizer.special_tokens[end_token(template)]
+    idx = torch.tensor([ids] * group_size, dtype=torch.long, device=next(model.parameters()).device)  # (G, T)
+    steps = list(stream(model, idx, max_new_tokens, temperature, stop_tokens=[end], generator=generator))
+    new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(group_size)]  # (G, n)
+    return [seq[: seq.index(end) + 1] if end in seq else seq for seq in new]
 
 
 # ---------------------------------------------------------------------------

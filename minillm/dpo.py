@@ -7,6 +7,8 @@ the policy alone: loss = -log sigmoid(beta ((pc - rc) - (pr - rr))) (`dpo_loss`)
 `train_dpo` is the loop (one forward pass scores the chosen and rejected rows
 of a batch; the reference's log-probs are computed once) and reports how
 often the implicit reward ranks held-out pairs right (`preference_stats`).
+`pairs_from_answers` builds pairs from the model's own wrong answers, judged
+by a program.
 DPO may lower both log-probs (only their difference counts);
 `DPOConfig.sft_coef` adds the chosen responses' NLL to hold them up (RPO,
 Pang et al. 2024). The shared pieces (log-probs, encoding) are in `minillm.align`.
@@ -17,15 +19,17 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from minillm.align import (Encoded, EpochShuffle, check_models, default_pad_id, encode_response, optimizer_step, pack,
-                           require, sequence_logprobs)
+from minillm.align import (Encoded, EpochShuffle, check_models, default_pad_id, encode_response, exact_match_reward,
+                           optimizer_step, pack, require, sample_group, sequence_logprobs)
 from minillm.device import resolve_device
 from minillm.errors import ConfigError, DataError
+from minillm.instruct import end_token, generate_response
 from minillm.model import GPT
 from minillm.optim import SCHEDULES, lr_at, make_optimizer
 from minillm.tokenizer import Tokenizer
@@ -38,6 +42,40 @@ class PreferencePair:
     prompt: dict
     chosen: str
     rejected: str
+
+
+def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
+                       reward_fn: Callable[[dict, str], float] = exact_match_reward, samples: int = 4,
+                       temperature: float = 1.0, max_new_tokens: int = 24, greedy: bool = True, seed: int = 0,
+                       template: str = "chat") -> list[PreferencePair]:  # fmt: skip
+    """Preference pairs from the model's own mistakes: (row, its right `output`, a worse answer the model gave).
+
+    For each row, the model's greedy answer (`greedy`) and `samples` answers
+    sampled at `temperature` (`sample_group`, generator seeded with `seed`) are
+    scored with `reward_fn(row, text)`; each distinct, non-empty answer that
+    scores below the row's `output` becomes the rejected side of a pair whose
+    chosen side is that output. A row the model always answers right gives no
+    pair. The preference is checkable: it is the reward program's, not a judge's.
+    """
+    if not isinstance(samples, int) or samples < 0 or not (greedy or samples):
+        raise ConfigError(f"samples must be an integer >= 0 and some answers must be drawn (greedy or samples > 0); "
+                          f"got samples={samples!r}, greedy={greedy}")  # fmt: skip
+    end = tokenizer.special_tokens[end_token(template)]
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    pairs = []
+    for row in rows:
+        best = reward_fn(row, row["output"])
+        answers = [generate_response(model, tokenizer, row, template, max_new_tokens)] if greedy else []
+        if samples:
+            answers += [tokenizer.decode([t for t in s if t != end]).strip()
+                        for s in sample_group(model, tokenizer, row, samples, max_new_tokens, temperature, gen,
+                                              template)]  # fmt: skip
+        seen = set()
+        for text in answers:
+            if text and text not in seen and reward_fn(row, text) < best:
+                seen.add(text)
+                pairs.append(PreferencePair(row, row["output"], text))
+    return pairs
 
 
 def _encode_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, context_length: int,

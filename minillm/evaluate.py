@@ -272,6 +272,26 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def paired_change(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
+    """(mean of after - before, its standard error) for scores of the same n items measured twice.
+
+    The standard error is that of the mean of the n per-item differences,
+    sd(after_i - before_i) / sqrt(n) (sample sd, n - 1): pairing removes the
+    spread between items, so a change is measured more precisely than by two
+    independent accuracies. n must be at least 2.
+    """
+    if len(before) != len(after):
+        raise DataError(f"before has {len(before)} scores and after {len(after)}; pair the same items")
+    if len(before) < 2:
+        raise DataError(f"a paired standard error needs at least 2 items, got {len(before)}")
+    diffs = [float(a) - float(b) for b, a in zip(before, after)]
+    if not all(math.isfinite(d) for d in diffs):
+        raise DataError("scores must be finite numbers (found NaN or inf)")
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
 @dataclass
 class MCResult:
     """Scores of a multiple-choice run; `predictions[metric]` has one chosen index per scored example.

@@ -1,8 +1,8 @@
 """Reinforcement learning with verifiable rewards, GRPO (appendix E): sample, score with a program, reinforce.
 
 GRPO (Shao et al. 2024), in the simple form nanochat and CS336 use: sample a
-group of G answers per prompt (`sample_group`, one batched decode with the KV
-cache), score each with a program (`minillm.align.exact_match_reward`), and
+group of G answers per prompt (`minillm.align.sample_group`, one batched
+decode with the KV cache), score each with a program (`minillm.align.exact_match_reward`), and
 push up the answers better than their group's mean (`group_advantages`) with
 PPO's clipped ratio (`grpo_loss`), optionally held near the reference by a KL
 penalty. No value network: the group's mean is the baseline. `train_grpo` is
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minillm.align import (EpochShuffle, check_models, optimizer_step, pack, prompt_ids, require,
+from minillm.align import (EpochShuffle, check_models, optimizer_step, pack, prompt_ids, require, sample_group,
                            sequence_logprobs)
 from minillm.device import resolve_device
 from minillm.errors import ConfigError, DataError
-from minillm.generate import stream
 from minillm.instruct import end_token
 from minillm.model import GPT
 from minillm.optim import make_optimizer
@@ -47,30 +46,6 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = Tru
         raise DataError("rewards must be finite numbers (found NaN or inf)")
     centred = rewards - rewards.mean(dim=1, keepdim=True)
     return centred / (rewards.std(dim=1, correction=0, keepdim=True) + eps) if scale else centred
-
-
-@torch.no_grad()
-def sample_group(model: GPT, tokenizer: Tokenizer, row: dict, group_size: int, max_new_tokens: int,
-                 temperature: float = 1.0, generator: torch.Generator | None = None,
-                 template: str = "chat") -> list[list[int]]:  # fmt: skip
-    """G sampled responses to one prompt: token id lists, each ending with the end marker if it was reached.
-
-    The G copies of the prompt are decoded together in one batch with the KV
-    cache (`minillm.generate.stream`; equal prompts need no padding), from
-    softmax(logits / temperature) without top-k/top-p (the distribution whose
-    log-probs GRPO trains). `generator`: on the model's device (None: torch's
-    global RNG). The prompt plus `max_new_tokens` must fit the context.
-    """
-    require(isinstance(group_size, int) and group_size >= 1, f"group_size must be an integer >= 1, got {group_size!r}")
-    ids = prompt_ids(row, tokenizer, template)
-    if len(ids) + max_new_tokens > model.config.context_length:
-        raise DataError(f"a prompt of {len(ids)} tokens + max_new_tokens={max_new_tokens} exceeds the context of "
-                        f"{model.config.context_length}; lower max_new_tokens or shorten the prompt")  # fmt: skip
-    end = tokenizer.special_tokens[end_token(template)]
-    idx = torch.tensor([ids] * group_size, dtype=torch.long, device=next(model.parameters()).device)  # (G, T)
-    steps = list(stream(model, idx, max_new_tokens, temperature, stop_tokens=[end], generator=generator))
-    new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(group_size)]  # (G, n)
-    return [seq[: seq.index(end) + 1] if end in seq else seq for seq in new]
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

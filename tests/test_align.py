@@ -5,16 +5,18 @@ from __future__ import annotations
 import copy
 import math
 import random
+import statistics
 
 import pytest
 import torch
 
 from minillm.align import (exact_match_reward, length_reward, looks_like_answer_reward, pack, prompt_ids,
-                           response_batch, sequence_logprobs)
-from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, pair_batch, train_dpo
-from minillm.grpo import GRPOConfig, group_advantages, grpo_loss, sample_group, train_grpo
+                           response_batch, sample_group, sequence_logprobs)
+from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, pair_batch, pairs_from_answers, train_dpo
+from minillm.grpo import GRPOConfig, group_advantages, grpo_loss, train_grpo
 from minillm.errors import ConfigError, DataError
-from minillm.instruct import add_special_tokens, encode_example, format_prompt
+from minillm.evaluate import paired_change
+from minillm.instruct import add_special_tokens, encode_example, format_prompt, generate_response
 from minillm.model import GPT, GPTConfig
 from minillm.synthetic import list_tasks
 from minillm.tokenizer import BPETokenizer
@@ -351,3 +353,44 @@ def test_rewards():
         assert looks_like_answer_reward(row, text) == want, text
     assert length_reward(row, " [1, 2] ") == 6 / 40 and length_reward(row, "9" * 50) == 1.0
     assert length_reward(row, "", chars=10) == 0.0
+
+
+def test_pairs_from_answers_pairs_the_right_output_with_each_distinct_wrong_answer(tok):
+    model, rows = tiny_gpt(tok.vocab_size), ROWS[:6]  # an untrained model: nearly every answer is wrong
+    pairs = pairs_from_answers(model, tok, rows, samples=3, max_new_tokens=8, seed=1)
+    assert pairs and all(isinstance(p, PreferencePair) for p in pairs)
+    end = tok.special_tokens["<|end|>"]
+    gen = torch.Generator().manual_seed(1)  # the same draws, by hand: greedy first, then the samples
+    expected = []
+    for row in rows:
+        answers = [generate_response(model, tok, row, "chat", 8)]
+        answers += [tok.decode([t for t in s if t != end]).strip() for s in sample_group(model, tok, row, 3, 8, 1.0, gen)]
+        kept = []
+        for a in answers:
+            if a and a not in kept and a.strip() != row["output"]:
+                kept.append(a)
+        expected += [(row["output"], a) for a in kept]
+    assert [(p.chosen, p.rejected) for p in pairs] == expected
+    assert all(p.prompt["output"] == p.chosen for p in pairs)
+    pair_batch(pairs, tok, 64)  # every pair is usable: chosen differs from rejected
+    # a reward that calls every answer right gives no pair; greedy alone draws one answer a row
+    assert pairs_from_answers(model, tok, rows, reward_fn=lambda row, text: 1.0, samples=2, max_new_tokens=8) == []
+    assert len(pairs_from_answers(model, tok, rows, samples=0, max_new_tokens=8)) <= len(rows)
+    with pytest.raises(ConfigError, match="samples"):
+        pairs_from_answers(model, tok, rows, samples=0, greedy=False)
+    with pytest.raises(ConfigError, match="samples"):
+        pairs_from_answers(model, tok, rows, samples=-1)
+
+
+def test_paired_change_is_the_standard_error_of_the_mean_difference():
+    rng = random.Random(0)
+    before = [rng.random() < 0.5 for _ in range(50)]
+    after = [b if rng.random() < 0.8 else not b for b in before]
+    mean, se = paired_change(before, after)
+    diffs = [int(a) - int(b) for b, a in zip(before, after)]
+    assert mean == pytest.approx(statistics.fmean(diffs))
+    assert se == pytest.approx(statistics.stdev(diffs) / math.sqrt(len(diffs)))
+    assert paired_change([1, 1, 0], [1, 1, 0]) == (0.0, 0.0)  # the same answers: no change, no spread
+    for bad in (([1, 0], [1]), ([1], [0]), ([0.0, math.nan], [1.0, 1.0])):
+        with pytest.raises(DataError):
+            paired_change(*bad)
