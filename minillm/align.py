@@ -32,6 +32,7 @@ import re
 import torch
 import torch.nn.functional as F
 
+from minillm.batching import decode_together
 from minillm.errors import ConfigError, DataError
 from minillm.generate import stream
 from minillm.instruct import encode_example, end_token
@@ -147,6 +148,24 @@ def sample_group(model: GPT, tokenizer: Tokenizer, row: dict, group_size: int, m
     steps = list(stream(model, idx, max_new_tokens, temperature, stop_tokens=[end], generator=generator))
     new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(group_size)]  # (G, n)
     return [seq[: seq.index(end) + 1] if end in seq else seq for seq in new]
+
+
+def greedy_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict], max_new_tokens: int = 24,
+                   template: str = "chat", batch: int = 64) -> list[str]:  # fmt: skip
+    """Each row's greedy response (stripped, without the end marker), `batch` rows decoded together.
+
+    The prompts are encoded as in training (`prompt_ids`) and decoded with
+    `minillm.batching.decode_together` at temperature 0, stopping at the
+    template's end marker: the answers of `minillm.instruct.generate_response`,
+    one row at a time, in a fraction of the time.
+    """
+    if not rows:
+        return []
+    end = tokenizer.special_tokens[end_token(template)]
+    prompts = [prompt_ids(r, tokenizer, template) for r in rows]
+    new = decode_together(model, prompts, max_new_tokens, seeds=[0] * len(rows), temperature=0.0, stop_ids=[end],
+                          rows=batch)  # fmt: skip
+    return [tokenizer.decode([t for t in ids if t != end]).strip() for ids in new]
 
 
 # ---------------------------------------------------------------------------

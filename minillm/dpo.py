@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from minillm.align import (Encoded, EpochShuffle, check_models, default_pad_id, encode_response, exact_match_reward,
-                           optimizer_step, pack, require, sample_group, sequence_logprobs)
+                           greedy_answers, optimizer_step, pack, require, sample_group, sequence_logprobs)
 from minillm.device import resolve_device
 from minillm.errors import ConfigError, DataError
-from minillm.instruct import end_token, generate_response
+from minillm.instruct import end_token
 from minillm.model import GPT
 from minillm.optim import SCHEDULES, lr_at, make_optimizer
 from minillm.tokenizer import Tokenizer
@@ -50,7 +50,7 @@ def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
                        template: str = "chat") -> list[PreferencePair]:  # fmt: skip
     """Preference pairs from the model's own mistakes: (row, its right `output`, a worse answer the model gave).
 
-    For each row, the model's greedy answer (`greedy`) and `samples` answers
+    For each row, the model's greedy answer (`greedy`, by `greedy_answers`) and `samples` answers
     sampled at `temperature` (`sample_group`, generator seeded with `seed`) are
     scored with `reward_fn(row, text)`; each distinct, non-empty answer that
     scores below the row's `output` becomes the rejected side of a pair whose
@@ -62,10 +62,11 @@ def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
                           f"got samples={samples!r}, greedy={greedy}")  # fmt: skip
     end = tokenizer.special_tokens[end_token(template)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    greedy_text = greedy_answers(model, tokenizer, rows, max_new_tokens, template) if greedy else [None] * len(rows)
     pairs = []
-    for row in rows:
+    for row, first in zip(rows, greedy_text):
         best = reward_fn(row, row["output"])
-        answers = [generate_response(model, tokenizer, row, template, max_new_tokens)] if greedy else []
+        answers = [first] if greedy else []
         if samples:
             answers += [tokenizer.decode([t for t in s if t != end]).strip()
                         for s in sample_group(model, tokenizer, row, samples, max_new_tokens, temperature, gen,

@@ -10,7 +10,7 @@ import statistics
 import pytest
 import torch
 
-from minillm.align import (exact_match_reward, length_reward, looks_like_answer_reward, pack, prompt_ids,
+from minillm.align import (exact_match_reward, greedy_answers, length_reward, looks_like_answer_reward, pack, prompt_ids,
                            response_batch, sample_group, sequence_logprobs)
 from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, pair_batch, pairs_from_answers, train_dpo
 from minillm.grpo import GRPOConfig, group_advantages, grpo_loss, train_grpo
@@ -394,3 +394,11 @@ def test_paired_change_is_the_standard_error_of_the_mean_difference():
     for bad in (([1, 0], [1]), ([1], [0]), ([0.0, math.nan], [1.0, 1.0])):
         with pytest.raises(DataError):
             paired_change(*bad)
+
+
+def test_greedy_answers_are_generate_responses_answers(tok):
+    model = tiny_gpt(tok.vocab_size, seed=4)
+    rows = ROWS[:12]
+    want = [generate_response(model, tok, r, "chat", 10) for r in rows]
+    assert greedy_answers(model, tok, rows, max_new_tokens=10, batch=5) == want
+    assert greedy_answers(model, tok, [], max_new_tokens=10) == []
