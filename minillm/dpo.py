@@ -17,7 +17,6 @@ Pang et al. 2024). The shared pieces (log-probs, encoding) are in `minillm.align
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +24,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from minillm.align import (Encoded, EpochShuffle, check_models, default_pad_id, encode_response, exact_match_reward,
-                           greedy_answers, optimizer_step, pack, require, sample_group, sequence_logprobs)
+from minillm.align import (Encoded, EpochShuffle, check_common, check_models, check_rows, default_pad_id,
+                           encode_response, exact_match_reward, greedy_answers, is_count, is_nonnegative, is_positive,
+                           optimizer_step, pack, require, reward_value, sample_group, sequence_logprobs)
 from minillm.device import resolve_device
 from minillm.errors import ConfigError, DataError
 from minillm.instruct import end_token
@@ -43,6 +43,11 @@ class PreferencePair:
     chosen: str
     rejected: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, dict) or not isinstance(self.chosen, str) or not isinstance(self.rejected, str):
+            raise TypeError(f"a PreferencePair is (a dict row, a str, a str), got ({type(self.prompt).__name__}, "
+                            f"{type(self.chosen).__name__}, {type(self.rejected).__name__})")  # fmt: skip
+
 
 def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
                        reward_fn: Callable[[dict, str], float] = exact_match_reward, samples: int = 4,
@@ -56,24 +61,38 @@ def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
     scores below the row's `output` becomes the rejected side of a pair whose
     chosen side is that output. A row the model always answers right gives no
     pair. The preference is checkable: it is the reward program's, not a judge's.
+    An answer equal to the output up to surrounding whitespace is never
+    rejected; a reward function that raises or returns a non-number is a
+    DataError naming the row.
     """
-    if not isinstance(samples, int) or samples < 0 or not (greedy or samples):
-        raise ConfigError(f"samples must be an integer >= 0 and some answers must be drawn (greedy or samples > 0); "
-                          f"got samples={samples!r}, greedy={greedy}")  # fmt: skip
+    rows = check_rows(rows, output=True)
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be a function (row, text) -> float, got {type(reward_fn).__name__}")
+    if not is_count(samples, 0) or not isinstance(greedy, bool) or not (greedy or samples):
+        raise ConfigError(f"samples must be an integer >= 0, greedy a bool, and some answers must be drawn (greedy "
+                          f"or samples > 0); got samples={samples!r}, greedy={greedy!r}")  # fmt: skip
+
+    def score(i: int, row: dict, text: str) -> float:
+        try:
+            value = reward_fn(row, text)
+        except Exception as err:
+            raise DataError(f"row {i}: the reward function raised {type(err).__name__}: {err}") from err
+        return reward_value(value, f"row {i}")
+
     end = tokenizer.special_tokens[end_token(template)]
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     greedy_text = greedy_answers(model, tokenizer, rows, max_new_tokens, template) if greedy else [None] * len(rows)
     pairs = []
-    for row, first in zip(rows, greedy_text):
-        best = reward_fn(row, row["output"])
+    for i, (row, first) in enumerate(zip(rows, greedy_text)):
+        best = score(i, row, row["output"])
         answers = [first] if greedy else []
         if samples:
             answers += [tokenizer.decode([t for t in s if t != end]).strip()
                         for s in sample_group(model, tokenizer, row, samples, max_new_tokens, temperature, gen,
                                               template)]  # fmt: skip
-        seen = set()
+        seen = {row["output"].strip()}
         for text in answers:
-            if text and text not in seen and reward_fn(row, text) < best:
+            if text and text not in seen and score(i, row, text) < best:
                 seen.add(text)
                 pairs.append(PreferencePair(row, row["output"], text))
     return pairs
@@ -82,6 +101,9 @@ def pairs_from_answers(model: GPT, tokenizer: Tokenizer, rows: list[dict],
 def _encode_pairs(pairs: list[PreferencePair], tokenizer: Tokenizer, context_length: int,
                   template: str) -> list[tuple[Encoded, Encoded]]:  # fmt: skip
     """Each pair's (chosen, rejected) encodings; a DataError names the pair that cannot be used."""
+    if isinstance(pairs, (str, dict)) or not isinstance(pairs, (list, tuple)) or not all(
+            isinstance(p, PreferencePair) for p in pairs):
+        raise TypeError("pairs must be a list of PreferencePair(prompt row, chosen, rejected)")
     out = []
     for i, p in enumerate(pairs):
         if p.chosen.strip() == p.rejected.strip():
@@ -117,12 +139,17 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
 
     loss = mean of -log sigmoid(beta ((pc - rc) - (pr - rr))), by `logsigmoid`
     (no overflow at large margins); rewards = beta (policy - ref), detached.
+    A NaN or infinite log-prob gives a NaN or infinite loss (`train_dpo` stops
+    with a DataError when its loss is not finite).
     """
-    if not (isinstance(beta, numbers.Real) and beta > 0 and math.isfinite(beta)):
+    if not is_positive(beta):
         raise ConfigError(f"beta must be a finite number > 0 (about 0.1), got {beta!r}")
     logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    if len({tuple(t.shape) for t in logps}) != 1:
-        raise ConfigError(f"the four log-prob tensors must have one shape (B,), got {[tuple(t.shape) for t in logps]}")
+    if not all(isinstance(t, torch.Tensor) and t.dtype.is_floating_point for t in logps):
+        raise TypeError("the four log-probs must be floating-point tensors (sequence_logprobs' output)")
+    if len({tuple(t.shape) for t in logps}) != 1 or logps[0].dim() != 1 or logps[0].numel() == 0:
+        raise ConfigError(f"the four log-prob tensors must have one shape (B,) with B >= 1 (one value a sequence, "
+                          f"not per token), got {[tuple(t.shape) for t in logps]}")  # fmt: skip
     chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
     loss = -F.logsigmoid(beta * (chosen - rejected)).mean()
     return loss, (beta * chosen).detach(), (beta * rejected).detach()
@@ -146,14 +173,15 @@ class DPOConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        require(self.beta > 0 and math.isfinite(self.beta), f"beta must be a finite number > 0, got {self.beta!r}")
-        require(self.lr > 0 and self.sft_coef >= 0, f"need lr > 0 and sft_coef >= 0, got {self.lr}, {self.sft_coef}")
-        require(isinstance(self.steps, int) and self.steps >= 1 and isinstance(self.batch_size, int)
-               and self.batch_size >= 1, f"steps and batch_size must be integers >= 1, got {self.steps}, "
-               f"{self.batch_size}")  # fmt: skip
-        require(self.schedule in SCHEDULES and 0 <= self.warmup_steps <= self.steps, f"schedule must be one of "
-               f"{SCHEDULES} and 0 <= warmup_steps <= steps; got {self.schedule!r}, {self.warmup_steps}")  # fmt: skip
-        require(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip and weight_decay must be >= 0")
+        require(is_positive(self.beta), f"beta must be a finite number > 0, got {self.beta!r}")
+        require(is_positive(self.lr) and is_nonnegative(self.sft_coef), f"need lr > 0 and sft_coef >= 0 (finite "
+                f"numbers), got {self.lr!r}, {self.sft_coef!r}")  # fmt: skip
+        require(is_count(self.steps) and is_count(self.batch_size), f"steps and batch_size must be integers >= 1, "
+                f"got {self.steps!r}, {self.batch_size!r}")  # fmt: skip
+        require(self.schedule in SCHEDULES and is_count(self.warmup_steps, 0) and self.warmup_steps <= self.steps,
+                f"schedule must be one of {SCHEDULES} and warmup_steps an integer in 0..steps; got "
+                f"{self.schedule!r}, {self.warmup_steps!r}")  # fmt: skip
+        check_common(self)
 
 
 @dataclass
@@ -200,7 +228,9 @@ def train_dpo(policy: GPT, reference: GPT, pairs: list[PreferencePair], tokenize
     rejected rows in one forward pass, and takes an AdamW step.
     """
     t0 = time.perf_counter()
-    check_models(policy, reference)
+    check_models(policy, reference, need_reference=True)
+    if not isinstance(config, DPOConfig):
+        raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
     if not pairs:
         raise DataError("train_dpo needs at least one preference pair")
     device = resolve_device(config.device)
@@ -226,6 +256,9 @@ def train_dpo(policy: GPT, reference: GPT, pairs: list[PreferencePair], tokenize
         b = len(take)
         loss, rc, rr = dpo_loss(logps[:b], logps[b:], ref_c[take], ref_r[take], config.beta)
         nll = -(logps[:b] / batch["response_mask"][:b].sum(dim=1)).mean()  # per token of the chosen responses
+        if not math.isfinite(float(loss.detach())):
+            raise DataError(f"the DPO loss is {float(loss.detach())} at step {step + 1}: the log-probs overflowed "
+                            "(lower lr, or check the model's weights)")  # fmt: skip
         (loss + config.sft_coef * nll).backward()
         optimizer_step(optimizer, policy, config.grad_clip)
         result.history.append({"step": step + 1, "loss": float(loss.detach()), "margin": float((rc - rr).mean()),

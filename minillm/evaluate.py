@@ -46,6 +46,7 @@ Text metrics (BLEU, ROUGE) and LLM-as-judge live in `minillm.metrics`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -272,6 +273,21 @@ def binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def _scores(values, name: str) -> list[float]:
+    """A 1-D sequence of numbers (list, tuple, 1-D array or tensor) as floats; TypeError or DataError naming the item."""
+    if isinstance(values, (str, bytes, dict, set, frozenset)) or not hasattr(values, "__len__") or (
+            getattr(values, "ndim", 1) != 1):
+        raise TypeError(f"{name} must be a 1-D sequence of scores (list, tuple, array), got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, (str, bytes)) or not isinstance(v, (numbers.Real, np.bool_, np.number, torch.Tensor)):
+            raise TypeError(f"{name}[{i}] must be a number, got {v!r}")
+        out.append(float(v))
+        if not math.isfinite(out[-1]):
+            raise DataError(f"{name}[{i}] is {out[-1]}; scores must be finite numbers")
+    return out
+
+
 def paired_change(before: Sequence[float], after: Sequence[float]) -> tuple[float, float]:
     """(mean of after - before, its standard error) for scores of the same n items measured twice.
 
@@ -280,13 +296,14 @@ def paired_change(before: Sequence[float], after: Sequence[float]) -> tuple[floa
     spread between items, so a change is measured more precisely than by two
     independent accuracies. n must be at least 2.
     """
+    before, after = _scores(before, "before"), _scores(after, "after")
     if len(before) != len(after):
         raise DataError(f"before has {len(before)} scores and after {len(after)}; pair the same items")
     if len(before) < 2:
         raise DataError(f"a paired standard error needs at least 2 items, got {len(before)}")
-    diffs = [float(a) - float(b) for b, a in zip(before, after)]
+    diffs = [a - b for b, a in zip(before, after)]
     if not all(math.isfinite(d) for d in diffs):
-        raise DataError("scores must be finite numbers (found NaN or inf)")
+        raise DataError("the differences overflow: scores this large cannot be compared in float64")
     mean = sum(diffs) / len(diffs)
     var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
     return mean, math.sqrt(var / len(diffs))

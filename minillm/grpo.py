@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from minillm.align import (EpochShuffle, check_models, optimizer_step, pack, prompt_ids, require, sample_group,
+from minillm.align import (EpochShuffle, check_common, check_models, check_rows, is_count, is_nonnegative,
+                           is_positive, optimizer_step, pack, prompt_ids, require, reward_value, sample_group,
                            sequence_logprobs)
 from minillm.device import resolve_device
 from minillm.errors import ConfigError, DataError
@@ -40,11 +40,17 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = Tru
     rewards are all equal gets zeros (no signal). `scale=False`: only r - mean
     (the "Dr. GRPO" form, which does not up-weight groups with a small spread).
     """
+    if not isinstance(rewards, torch.Tensor):
+        raise TypeError(f"rewards must be a (P, G) tensor, got {type(rewards).__name__}")
     if rewards.dim() != 2 or rewards.size(1) < 2:
         raise ConfigError(f"rewards must be (P, G) with groups of G >= 2 samples, got {tuple(rewards.shape)}")
+    require(is_positive(eps), f"eps must be a finite number > 0 (it keeps equal groups at 0, not NaN), got {eps!r}")
+    rewards = rewards if rewards.dtype.is_floating_point else rewards.double()  # 0/1 ints or bools: exact in float64
     if not bool(torch.isfinite(rewards).all()):
         raise DataError("rewards must be finite numbers (found NaN or inf)")
     centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not bool(torch.isfinite(centred).all()):
+        raise DataError("rewards so large that their group mean overflows; rescale the reward")
     return centred / (rewards.std(dim=1, correction=0, keepdim=True) + eps) if scale else centred
 
 
@@ -63,23 +69,29 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Te
     way (NaN without ref_logps); `clip_fraction`: share of response tokens
     where the clipped term was the smaller.
     """
-    if not (logps.shape == old_logps.shape == mask.shape and advantages.shape == logps.shape[:1]):
-        raise ConfigError(f"need logps, old_logps, mask (N, T-1) and advantages (N,); got {tuple(logps.shape)}, "
-                          f"{tuple(old_logps.shape)}, {tuple(mask.shape)}, {tuple(advantages.shape)}")  # fmt: skip
+    if not (logps.shape == old_logps.shape == mask.shape and advantages.shape == logps.shape[:1]) or (
+            logps.dim() != 2 or logps.size(0) == 0):
+        raise ConfigError(f"need logps, old_logps, mask (N, T-1) with N >= 1 and advantages (N,); got "
+                          f"{tuple(logps.shape)}, {tuple(old_logps.shape)}, {tuple(mask.shape)}, "
+                          f"{tuple(advantages.shape)}")  # fmt: skip
+    require(is_positive(clip_eps) and clip_eps < 1 and is_nonnegative(kl_coef), f"need 0 < clip_eps < 1 and a "
+            f"finite kl_coef >= 0, got {clip_eps!r}, {kl_coef!r}")  # fmt: skip
     require(kl_coef == 0 or ref_logps is not None, "kl_coef > 0 needs ref_logps (the reference's log-probs)")
-    mask, adv = mask.float(), advantages[:, None]
+    if ref_logps is not None and ref_logps.shape != logps.shape:
+        raise ConfigError(f"ref_logps must have logps' shape {tuple(logps.shape)}, got {tuple(ref_logps.shape)}")
+    mask, adv = mask.bool(), advantages[:, None]
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
     per_token = -torch.minimum(ratio * adv, clipped)
 
-    def average(x: torch.Tensor) -> torch.Tensor:
-        return ((x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    def average(x: torch.Tensor) -> torch.Tensor:  # where(), not x * mask: a NaN in the padding stays out
+        return (torch.where(mask, x, 0.0).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
 
     kl = math.nan
     if ref_logps is not None:
         k3 = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
         per_token, kl = per_token + kl_coef * k3, float(average(k3.detach()))
-    clip_fraction = float((((ratio * adv) > clipped).float() * mask).sum() / mask.sum().clamp(min=1))
+    clip_fraction = float(((ratio * adv > clipped) & mask).sum() / mask.sum().clamp(min=1))
     return average(per_token), {"kl": kl, "clip_fraction": clip_fraction}
 
 
@@ -105,13 +117,14 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         ints = (self.group_size, self.prompts_per_step, self.steps, self.max_new_tokens, self.inner_updates)
-        require(all(isinstance(n, int) for n in ints) and self.group_size >= 2 and min(ints[1:]) >= 1,
-               f"need group_size >= 2 (advantages compare samples of one prompt) and prompts_per_step, steps, "
-               f"max_new_tokens, inner_updates >= 1, all integers; got {ints}")  # fmt: skip
-        require(self.lr > 0 and self.temperature > 0 and self.clip_eps > 0 and self.kl_coef >= 0, "need lr, "
-               f"temperature, clip_eps > 0 and kl_coef >= 0; got {self.lr}, {self.temperature}, {self.clip_eps}, "
-               f"{self.kl_coef}")  # fmt: skip
-        require(self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip and weight_decay must be >= 0")
+        require(is_count(self.group_size, 2) and all(is_count(n) for n in ints[1:]),
+                f"need group_size >= 2 (advantages compare samples of one prompt) and prompts_per_step, steps, "
+                f"max_new_tokens, inner_updates >= 1, all integers; got {ints}")  # fmt: skip
+        require(all(is_positive(x) for x in (self.lr, self.temperature, self.clip_eps)) and self.clip_eps < 1
+                and is_nonnegative(self.kl_coef), f"need finite lr, temperature > 0, 0 < clip_eps < 1 and "
+                f"kl_coef >= 0; got {self.lr!r}, {self.temperature!r}, {self.clip_eps!r}, {self.kl_coef!r}")  # fmt: skip
+        require(isinstance(self.scale_rewards, bool), f"scale_rewards must be a bool, got {self.scale_rewards!r}")
+        check_common(self)
 
 
 @dataclass
@@ -125,16 +138,17 @@ class GRPOResult:
     seconds: float = 0.0
 
 
-def _reward(reward_fn: Callable[[dict, str], float], row: dict, text: str, where: str) -> float | None:
-    """reward_fn(row, text) as a float; None when it raised (a counted skip); DataError for NaN, inf, non-numbers."""
+def _reward(reward_fn: Callable[[dict, str], float], row: dict, text: str,
+            where: str) -> tuple[float | None, Exception | None]:  # fmt: skip
+    """(reward_fn(row, text) as a float, None), or (None, the exception) when it raised (a counted skip).
+
+    DataError for NaN, inf and non-numbers (`minillm.align.reward_value`).
+    """
     try:
         value = reward_fn(row, text)
     except Exception as err:  # a bug, or an answer it cannot parse: skip the group, count it, go on
-        log.warning("reward function raised for %s (%s: %s); its group is skipped", where, type(err).__name__, err)
-        return None
-    if not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise DataError(f"the reward function returned {value!r} for {where}; a reward must be a finite number")
-    return float(value)
+        return None, err
+    return reward_value(value, where), None
 
 
 def train_grpo(policy: GPT, reference: GPT | None, rows: list[dict], tokenizer: Tokenizer,
@@ -143,7 +157,8 @@ def train_grpo(policy: GPT, reference: GPT | None, rows: list[dict], tokenizer: 
 
     Each step: `prompts_per_step` rows (an epoch-wise shuffle from `seed`), G
     samples each (`sample_group`), their rewards. A group with a sample whose
-    reward function raised is dropped (`skipped` counts the samples); a group
+    reward function raised is dropped (`skipped` counts the samples; a step in
+    which it raised for every sample is a DataError quoting the error); a group
     of equal rewards has no signal and is left out of the update. The others'
     samples form one batch for `inner_updates` AdamW steps on `grpo_loss`
     (log-probs at the sampling temperature). The reference (None allowed when
@@ -153,6 +168,11 @@ def train_grpo(policy: GPT, reference: GPT | None, rows: list[dict], tokenizer: 
     """
     t0 = time.perf_counter()
     check_models(policy, reference)
+    if not isinstance(config, GRPOConfig):
+        raise TypeError(f"config must be a GRPOConfig, got {type(config).__name__}")
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn must be a function (row, text) -> float, got {type(reward_fn).__name__}")
+    rows = check_rows(rows)
     require(config.kl_coef == 0 or reference is not None, "kl_coef > 0 needs a reference model (a frozen copy of "
            "the starting policy)")  # fmt: skip
     if not rows:
@@ -175,11 +195,13 @@ def train_grpo(policy: GPT, reference: GPT | None, rows: list[dict], tokenizer: 
         t_step = time.perf_counter()
         record = {"step": step + 1, "skipped": 0, "zero_signal_groups": 0, "updated": False, "loss": math.nan,
                   "kl": math.nan, "clip_fraction": math.nan}  # fmt: skip
-        rewards, sequences, scored = [], [], []
+        rewards, sequences, scored, errors = [], [], [], []
         for i in order.take(config.prompts_per_step):
             samples = sample_group(policy, tokenizer, rows[i], g, config.max_new_tokens, temp, sampler, config.template)
-            scores = [_reward(reward_fn, rows[i], tokenizer.decode([t for t in s if t != end]), f"row {i}, sample {j}")
-                      for j, s in enumerate(samples)]  # fmt: skip
+            scored_pairs = [_reward(reward_fn, rows[i], tokenizer.decode([t for t in s if t != end]),
+                                    f"row {i}, sample {j}") for j, s in enumerate(samples)]  # fmt: skip
+            scores = [value for value, _ in scored_pairs]
+            errors += [(i, err) for _, err in scored_pairs if err is not None]
             if None in scores:
                 record["skipped"] += scores.count(None)
             elif len(set(scores)) == 1:
@@ -188,6 +210,13 @@ def train_grpo(policy: GPT, reference: GPT | None, rows: list[dict], tokenizer: 
                 rewards.append(scores)
                 sequences += [(prompts[i] + s, len(prompts[i])) for s in samples]
             scored += [s for s in scores if s is not None]
+        if errors:
+            i, err = errors[0]
+            if not scored:
+                raise DataError(f"the reward function raised for every sample of step {step + 1}, e.g. for row {i}: "
+                                f"{type(err).__name__}: {err}") from err
+            log.warning("step %d: the reward function raised for %d samples (first, row %d: %s: %s); their groups "
+                        "are skipped", step + 1, len(errors), i, type(err).__name__, err)  # fmt: skip
         record["reward_mean"] = sum(scored) / len(scored) if scored else math.nan
         record["reward_one"] = sum(s == 1 for s in scored) / len(scored) if scored else math.nan
         if rewards:

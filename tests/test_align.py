@@ -7,6 +7,7 @@ import math
 import random
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -402,3 +403,102 @@ def test_greedy_answers_are_generate_responses_answers(tok):
     want = [generate_response(model, tok, r, "chat", 10) for r in rows]
     assert greedy_answers(model, tok, rows, max_new_tokens=10, batch=5) == want
     assert greedy_answers(model, tok, [], max_new_tokens=10) == []
+
+
+def test_greedy_answers_match_generate_response_where_answers_stop_at_the_end_marker(tok):
+    rows = ROWS[:12]
+    model = tiny_gpt(tok.vocab_size, seed=5)
+    batch = response_batch(rows, [r["output"] for r in rows], tok, 64)  # each row its own output, then <|end|>
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        (-sequence_logprobs(model, batch["idx"], batch["response_mask"]).mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    end = tok.special_tokens["<|end|>"]
+    for max_new in (4, 24):  # 4 cuts most answers short, 24 lets them end
+        want = [generate_response(model, tok, r, "chat", max_new) for r in rows]
+        assert greedy_answers(model, tok, rows, max_new_tokens=max_new, batch=5) == want
+    stopped = sum(end in s for r in rows for s in sample_group(model, tok, r, 1, 24, 1e-3, torch.Generator().manual_seed(0)))
+    assert stopped >= 10  # the stop path is exercised: most rows reached the end marker
+
+
+def test_grpo_with_a_kl_penalty_and_reused_samples_still_learns(tok):
+    rows = ROWS[:4]
+    policy = tiny_gpt(tok.vocab_size, seed=2)
+    _sft(policy, tok, rows, ["yes", "no"])
+    reference = copy.deepcopy(policy)
+    config = GRPOConfig(group_size=6, prompts_per_step=4, steps=6, lr=1e-3, max_new_tokens=4, kl_coef=0.05,
+                        inner_updates=2, device="cpu")  # fmt: skip
+    result = train_grpo(policy, reference, rows, tok, lambda row, text: float(text.strip() == "yes"), config)
+    updated = [h for h in result.history if h["updated"]]
+    assert updated and all(h["kl"] >= 0 and 0 <= h["clip_fraction"] <= 1 for h in updated)
+    assert any(h["kl"] > 0 for h in updated)  # the policy moved away from the reference, and the penalty saw it
+    assert any(h["clip_fraction"] > 0 for h in updated)  # the second update on a batch: some ratios left the clip
+
+
+def test_hostile_inputs_give_clear_errors(tok):
+    model, ref = tiny_gpt(tok.vocab_size), tiny_gpt(tok.vocab_size, seed=1)
+    rows = ROWS[:3]
+    z = torch.zeros(2)
+    config = GRPOConfig(group_size=2, prompts_per_step=2, steps=1, max_new_tokens=3, device="cpu")
+    cases = [
+        (TypeError, "list of dict rows", lambda: response_batch(ROWS[0], ["1"], tok, 64)),
+        (TypeError, "list of str", lambda: response_batch(rows, "123", tok, 64)),
+        (TypeError, "list of dict rows", lambda: greedy_answers(model, tok, "Sort the list.")),
+        (TypeError, "PreferencePair", lambda: pair_batch([(rows[0], "a", "b")], tok, 64)),
+        (TypeError, "PreferencePair", lambda: PreferencePair(rows[0], None, "2")),
+        (ConfigError, "one shape", lambda: dpo_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))),
+        (ConfigError, "B >= 1", lambda: dpo_loss(*[torch.zeros(0)] * 4)),
+        (TypeError, "floating-point", lambda: dpo_loss([0.0], [0.0], [0.0], [0.0])),
+        (ConfigError, "beta", lambda: dpo_loss(z, z, z, z, beta=True)),
+        (ConfigError, "reference", lambda: train_dpo(model, None, [PreferencePair(rows[0], "1", "2")], tok, DPOConfig(device="cpu"))),
+        (ConfigError, "does not match", lambda: train_dpo(model, tiny_gpt(tok.vocab_size + 4), [PreferencePair(rows[0], "1", "2")],
+                                                         tok, DPOConfig(device="cpu"))),
+        (TypeError, "DPOConfig", lambda: train_dpo(model, ref, [PreferencePair(rows[0], "1", "2")], tok, {"steps": 1})),
+        (DataError, "no 'output'", lambda: pairs_from_answers(model, tok, [{"instruction": "x", "input": ""}], samples=0)),
+        (DataError, "row 0: the reward function raised", lambda: pairs_from_answers(
+            model, tok, rows, reward_fn=lambda r, t: 1 / 0, samples=0, max_new_tokens=2)),
+        (DataError, "finite number", lambda: pairs_from_answers(
+            model, tok, rows, reward_fn=lambda r, t: None, samples=0, max_new_tokens=2)),
+        (ConfigError, "greedy a bool", lambda: pairs_from_answers(model, tok, rows, samples=True)),
+        (TypeError, "reward_fn must be a function", lambda: train_grpo(model, None, rows, tok, None, config)),
+        (DataError, "raised for every sample of step 1", lambda: train_grpo(
+            model, None, rows, tok, lambda text: float(text == "1"), config)),  # wrong arity: every call raises
+        (TypeError, "GRPOConfig", lambda: train_grpo(model, None, rows, tok, exact_match_reward, None)),
+        (TypeError, "integer token ids", lambda: sequence_logprobs(model, torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.bool))),
+        (TypeError, "bool", lambda: sequence_logprobs(model, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4))),
+        (ConfigError, "temperature", lambda: sequence_logprobs(model, torch.zeros(1, 4, dtype=torch.long),
+                                                               torch.zeros(1, 4, dtype=torch.bool), temperature=math.inf)),
+        (DataError, "prompt of 5", lambda: pack([([1, 2], 5)], 0)),
+        (ConfigError, "pad_id", lambda: pack([([1, 2], 1)], 0.5)),
+        (ConfigError, "eps", lambda: group_advantages(torch.ones(1, 3), eps=0)),
+        (ConfigError, "ref_logps", lambda: grpo_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1),
+                                                     torch.ones(1, 3, dtype=torch.bool), 0.2, 0.1, torch.zeros(1, 2))),
+        (ConfigError, "clip_eps", lambda: grpo_loss(torch.zeros(1, 3), torch.zeros(1, 3), torch.ones(1),
+                                                    torch.ones(1, 3, dtype=torch.bool), clip_eps=-0.5)),
+        (DataError, "'output'", lambda: exact_match_reward({"instruction": "x"}, "1")),
+        (ConfigError, "chars", lambda: length_reward(rows[0], "abc", chars=0)),
+        (TypeError, "1-D sequence", lambda: paired_change("101", "111")),
+        (TypeError, "1-D sequence", lambda: paired_change({1: 0, 2: 1}, {1: 1, 2: 1})),
+        (TypeError, "before\\[1\\] must be a number", lambda: paired_change([1, None], [1, 1])),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=message):
+            call()
+    for bad in (dict(steps=True), dict(batch_size=True), dict(lr=math.inf), dict(beta=True), dict(warmup_steps=1.5),
+                dict(seed=1.5), dict(template="bogus"), dict(sft_coef=math.inf)):
+        with pytest.raises(ConfigError):
+            DPOConfig(**bad)
+    for bad in (dict(steps=True), dict(temperature=math.inf), dict(clip_eps=5.0), dict(scale_rewards="no"),
+                dict(kl_coef=math.inf), dict(template="bogus")):
+        with pytest.raises(ConfigError):
+            GRPOConfig(**bad)
+    # what is accepted: ints and bools as rewards (exact in float), numpy numbers, 1-D arrays for paired_change
+    assert torch.equal(group_advantages(torch.tensor([[1, 0]])), group_advantages(torch.tensor([[1.0, 0.0]], dtype=torch.float64)))
+    assert paired_change(np.array([0, 1, 1]), [True, True, False]) == paired_change([0, 1, 1], [1, 1, 0])
+    assert looks_like_answer_reward(rows[0], "٣") == 0.0  # only ASCII digits are an answer's shape
+    # a NaN in the padding of a row does not reach the loss
+    logps = torch.tensor([[0.0, math.nan]])
+    loss, _ = grpo_loss(logps, torch.zeros(1, 2), torch.tensor([1.0]), torch.tensor([[True, False]]))
+    assert math.isfinite(float(loss))
