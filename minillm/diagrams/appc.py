@@ -19,12 +19,13 @@ import functools
 import json
 
 import torch
-from matplotlib import colors, patches
 
 from minillm import serve
 from minillm.batching import Request, SlotKVCache
 from minillm.diagrams import diagram
 from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram
+from minillm.diagrams.kit import cell as _cell
+from minillm.diagrams.kit import pale as _pale
 from minillm.generate import TextDecoder
 from minillm.instruct import add_special_tokens, encode_chat, format_chat
 from minillm.model import GPT, GPTConfig
@@ -113,20 +114,6 @@ def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: floa
     """Left-aligned lines of 9-point text from (x, y) downwards: captions and notes."""
     for k, line in enumerate(lines):
         d.text(x, y - step * k, line, size=9, color=color, ha="left")
-
-
-def _cell(d: Diagram, x: float, y: float, w: float, h: float, label: str = "", fill: str = "white",
-          edge: str = MUTED, color: str = INK, lw: float = 1.0, hatch: str | None = None, size: float = 9) -> None:
-    """A square-cornered cell (a slot position, a decode step, a token) with `label` in it."""
-    d.ax.add_patch(patches.Rectangle((x, y), w, h, fc=fill, ec=edge, lw=lw, hatch=hatch))
-    if label:
-        d.text(x + w / 2, y + h / 2, label, size=size, color=color)
-
-
-def _pale(color: str, amount: float = 0.55) -> str:
-    """`color` mixed with white (a decode step of the request drawn in `color`)."""
-    r, g, b = colors.to_rgb(color)
-    return colors.to_hex((r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount))
 
 
 @diagram("C_request_path")
@@ -278,7 +265,7 @@ def _timeline(d: Diagram, x0: float, y0: float, cell: float, placed, steps: int,
         for t in range(start, start + n):
             used.add((s, t))
             _cell(d, x0 + t * cell, y0 + (SLOTS - 1 - s) * cell, cell, cell, name, edge="white",
-                  fill=color if t == start else _pale(color), color="white" if t == start else INK)
+                  fill=color if t == start else _pale(color, 0.55), color="white" if t == start else INK)
     for start in {p[1] for p in placed} if static else ():  # a batch holds every slot until its longest ends
         end = max(st + n for (_, n), (_, st) in zip(ARRIVALS, placed) if st == start)
         for s in range(SLOTS):

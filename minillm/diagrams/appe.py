@@ -32,11 +32,11 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from matplotlib import colors, patches
+from matplotlib import patches
 
 from minillm.align import exact_match_reward, length_reward, looks_like_answer_reward, response_batch, sequence_logprobs
 from minillm.diagrams import diagram
-from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram
+from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, cell, pale
 from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, train_dpo
 from minillm.grpo import GRPOConfig, group_advantages, grpo_loss
 from minillm.instruct import add_special_tokens
@@ -156,20 +156,6 @@ def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: floa
         d.text(x, y - step * k, line, size=size, color=color, ha=ha)
 
 
-def _cell(d: Diagram, x: float, y: float, w: float, h: float, label: str = "", fill: str = "white",
-          edge: str = MUTED, color: str = INK, lw: float = 1.0, hatch: str | None = None, size: float = 9) -> None:
-    """A square-cornered cell (a token, a log-prob, a reward) with `label` in it."""
-    d.ax.add_patch(patches.Rectangle((x, y), w, h, fc=fill, ec=edge, lw=lw, hatch=hatch))
-    if label:
-        d.text(x + w / 2, y + h / 2, label, size=size, color=color)
-
-
-def _pale(color: str, amount: float = 0.75) -> str:
-    """`color` mixed with white."""
-    r, g, b = colors.to_rgb(color)
-    return colors.to_hex((r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount))
-
-
 def _shown(piece: str) -> str:
     """A token's text, newlines and leading spaces made visible."""
     return piece.replace("\n", "↵").replace(" ", "␣")
@@ -280,19 +266,19 @@ def response_logprob() -> Diagram:
         d.text(x0 - 0.1, y + ch / 2 + 0.08, f"row {r}", size=9, color=MUTED, ha="right")
         d.text(x0 - 0.1, y + ch / 2 - 0.1, names[r], size=9, color=RIGHT if r == 0 else WRONG, ha="right")
         d.text(x0 - 0.1, y - 0.22, "log p", size=9, color=MUTED, ha="right")
-        _cell(d, x0, y, 0.5, ch, "…", fill=STYLE["op"][0], edge=STYLE["op"][1])
+        cell(d, x0, y, 0.5, ch, "…", fill=STYLE["op"][0], edge=STYLE["op"][1])
         d.text(x0 + 0.25, y - 0.22, "0", size=9, color="#9a9a9a")
         for t in range(n_prompt - 1, T):
             (x, w), i = xs[t], idx[r][t]
             if t >= ends[r]:  # padding (the end token's id, masked out)
-                _cell(d, x, y, w, ch, "pad", fill="#f4f4f4", edge="#b0b0b0", color=MUTED, hatch="///", lw=0.6)
+                cell(d, x, y, w, ch, "pad", fill="#f4f4f4", edge="#b0b0b0", color=MUTED, hatch="///", lw=0.6)
             elif mask[r][t]:
                 special = i in markers
-                _cell(d, x, y, w, ch, label(r, t), fill=STYLE["tensor"][0],
+                cell(d, x, y, w, ch, label(r, t), fill=STYLE["tensor"][0],
                       edge=MARKER if special else STYLE["tensor"][1], color=MARKER if special else INK,
                       lw=1.4 if special else 1.0)
             else:
-                _cell(d, x, y, w, ch, label(r, t), fill=STYLE["op"][0], edge=STYLE["op"][1])
+                cell(d, x, y, w, ch, label(r, t), fill=STYLE["op"][0], edge=STYLE["op"][1])
             # the log-prob of token t, computed from the logits at t - 1 (entry t - 1 of per_token), under it
             value = ex["per_token"][r][t - 1]
             d.text(x + w / 2, y - 0.22, _num(value) if mask[r][t] else "0", size=9,
@@ -319,7 +305,7 @@ def response_logprob() -> Diagram:
               (STYLE["tensor"][0], STYLE["tensor"][1], None, "response (with its end): mask True"),
               ("#f4f4f4", "#b0b0b0", "///", "right padding: mask False"))
     for (fill, edge, hatch, text), x in zip(legend, (0.15, 1.95, 4.85)):
-        _cell(d, x, ly, 0.22, 0.2, fill=fill, edge=edge, hatch=hatch)
+        cell(d, x, ly, 0.22, 0.2, fill=fill, edge=edge, hatch=hatch)
         d.text(x + 0.3, ly + 0.1, text, size=9, ha="left")
     log_v = -torch.log(torch.tensor(float(tok.vocab_size))).item()
     _lines(d, 0.15, 0.42, (f"sequence_logprobs(model, idx, response_mask): one forward pass over the (2, {T}) batch; "
@@ -491,7 +477,7 @@ def grpo_group() -> Diagram:
         d.text(0.15, y, answer, size=9, ha="left", color=RIGHT if ok else WRONG)
         d.text(1.7, y, f"{reward:g}", size=9, color=RIGHT if ok else WRONG)
         d.text(2.6, y, _signed(a, 2), size=9, color=RIGHT if ok else WRONG)
-        d.ax.add_patch(patches.Rectangle((xa, y - 0.09), a * scale, 0.18, fc=_pale(RIGHT if ok else WRONG, 0.45),
+        d.ax.add_patch(patches.Rectangle((xa, y - 0.09), a * scale, 0.18, fc=pale(RIGHT if ok else WRONG, 0.45),
                                          ec=RIGHT if ok else WRONG, lw=0.8))
         d.text(xa + a * scale + (0.08 if a > 0 else -0.08), y, "up" if a > 0 else "down", size=9,
                ha="left" if a > 0 else "right", color=RIGHT if ok else WRONG)
@@ -557,7 +543,7 @@ def ppo_clip() -> Diagram:
         sloped = [r for r in ratios if r not in flat]
         bound = round((min(flat) + max(sloped)) / 2 if adv > 0 else (max(flat) + min(sloped)) / 2, 3)
         a, b = (at(bound, lo), at(1.6, hi)) if adv > 0 else (at(0.4, lo), at(bound, hi))
-        d.ax.add_patch(patches.Rectangle(a, b[0] - a[0], b[1] - a[1], fc=_pale(ACCENT, 0.85), ec="none"))
+        d.ax.add_patch(patches.Rectangle(a, b[0] - a[0], b[1] - a[1], fc=pale(ACCENT, 0.85), ec="none"))
         d.line([at(r, r * adv) for r in (0.4, 1.6)], color=MUTED, lw=1.0, dashed=True)
         d.line([at(r, v) for r, v in zip(ratios, values)], color=SERIES[0], lw=2.0)
         for r in (0.4, 1 - eps, 1.0, 1 + eps, 1.6):

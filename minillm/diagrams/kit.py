@@ -31,7 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # noqa: E402  (no display needed; must precede pyplot)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patches  # noqa: E402
+from matplotlib import colors, patches  # noqa: E402
 
 MIN_FONT = 9.0  # points: the smallest text a diagram may use
 MAX_WIDTH = 7.5  # inches: the widest diagram (a notebook's text column)
@@ -218,3 +218,17 @@ class Diagram:
     def png(self, path: str | Path, dpi: int = 110) -> None:
         """A PNG preview (for looking at it while drawing; the book embeds the SVG). Keeps the figure open."""
         self.fig.savefig(path, format="png", dpi=dpi)
+
+
+def cell(d: Diagram, x: float, y: float, w: float, h: float, label: str = "", fill: str = "white",
+         edge: str = MUTED, color: str = INK, lw: float = 1.0, hatch: str | None = None, size: float = 9) -> None:
+    """A square-cornered cell (a token, a slot position, a log-prob, a reward) with `label` in it."""
+    d.ax.add_patch(patches.Rectangle((x, y), w, h, fc=fill, ec=edge, lw=lw, hatch=hatch))
+    if label:
+        d.text(x + w / 2, y + h / 2, label, size=size, color=color)
+
+
+def pale(color: str, amount: float) -> str:
+    """`color` mixed with white: `amount` 0 keeps it, 1 gives white."""
+    r, g, b = colors.to_rgb(color)
+    return colors.to_hex((r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount))
