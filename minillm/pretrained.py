@@ -113,17 +113,27 @@ def book_run(scale: str | None = None, progress: bool = False, root: str | os.Pa
     """
     scale = scale or book_scale()
     config = book_config(scale)
-    base = Path(root) if root is not None else cache_dir() / "book"
-    target = base / f"book-{scale}-{config_digest(config)}"
+    target = book_run_folder(scale, root)
     return _build_once(target, lambda staging: train(config, staging, overwrite=True, progress=progress,
                                                      verbose=False))  # fmt: skip
+
+
+def book_run_folder(scale: str | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Where `book_run` keeps the run (trained or not): `<root>/book-<scale>-<digest of its config>`.
+
+    While it trains, `.<name>.lock` beside it names the process that holds it.
+    """
+    scale = scale or book_scale()
+    base = Path(root) if root is not None else cache_dir() / "book"
+    return base / f"book-{scale}-{config_digest(book_config(scale))}"
 
 
 def _build_once(target: Path, build: Callable[[Path], Any]) -> tuple[Path, bool]:
     """(target, whether this call built it): `build(staging)` fills a hidden folder, renamed to `target` when done.
 
-    An interrupted build never leaves a folder that looks complete (the next call
-    starts again, clearing its debris); concurrent calls build once: the first
+    An interrupted build never leaves a folder that looks complete: its staging
+    folder is removed (or, after kill -9, cleared by the next call, which starts
+    again); concurrent calls build once: the first
     holds a lock, the others wait and then find the target.
     """
     if target.is_dir():
@@ -135,7 +145,11 @@ def _build_once(target: Path, build: Callable[[Path], Any]) -> tuple[Path, bool]
             return target, False
         staging = target.with_name(f".{target.name}.training")
         shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
-        build(staging)
+        try:
+            build(staging)
+        except BaseException:  # an error, Ctrl-C, SIGTERM turned into SystemExit: no half-built folder stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         os.replace(staging, target)
         return target, True
     finally:

@@ -322,3 +322,21 @@ def test_book_chat_run_tunes_the_recipe_once_and_caches_it(tmp_path, monkeypatch
         assert torch.equal(a, b), name
     monkeypatch.setitem(pretrained.BOOK_CHAT, "cpu", dict(pretrained.BOOK_CHAT["cpu"], steps=4))
     assert pretrained.book_chat_run("cpu", root=tmp_path / "chat")[0] != folder  # a changed recipe: a new key
+
+
+def test_an_interrupted_book_build_leaves_no_folder_and_frees_the_lock(tmp_path, monkeypatch):
+    """A build stopped by an error or Ctrl-C (SIGTERM arrives as SystemExit) removes its staging folder
+    and releases the lock: nothing looks complete, the next call builds."""
+    target = tmp_path / "book" / "book-cpu-x"
+    for stop in (KeyboardInterrupt, SystemExit, RuntimeError):
+
+        def build(staging, stop=stop):
+            staging.mkdir()
+            (staging / "model.safetensors").write_bytes(b"half")
+            raise stop()
+
+        with pytest.raises(stop):
+            pretrained._build_once(target, build)
+        assert sorted(p.name for p in target.parent.iterdir()) == []  # no staging folder, no lock file
+    assert pretrained._build_once(target, lambda staging: staging.mkdir()) == (target, True)
+    assert pretrained.book_run_folder("cpu", tmp_path / "book").name.startswith("book-cpu-")
