@@ -85,8 +85,17 @@ def _runs_book_notebooks(config) -> bool:
 #: The training of the book model and its chat version, started in the background by
 #: `pytest_configure`; each step printed with its time.
 _TRAIN_BOOK = """
-import signal, sys, time
+import os, signal, sys, threading, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped by pytest_unconfigure: clean up, release the lock
+
+
+def stop_with_the_parent(parent=os.getppid()):  # pytest killed (SIGTERM, kill -9): no orphan keeps training
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=stop_with_the_parent, daemon=True).start()
 from minillm.pretrained import book_chat_run, book_run
 start = time.perf_counter()
 folder, trained = book_run(progress=False)

@@ -48,6 +48,10 @@ module                what it is for                                            
 ``align``             alignment's shared pieces: response log-probs, rewards       E
 ``dpo``               preference tuning: the DPO loss and its training loop        E
 ``grpo``              RL with verifiable rewards: GRPO's groups, loss and loop     E
+``quantize``          int8/int4 weights: absmax, zero-point, groups, packed int4   B
+``prune``             magnitude pruning, and heads and neurons removed for good    B
+``distill``           knowledge distillation: a student taught by a teacher        B
+``speculative``       speculative decoding: a draft proposes, the target verifies  B
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all
@@ -128,6 +132,10 @@ _EXPORTS: dict[str, str] = {
     "MaskedLM": "masked_lm",
     "EncoderClassifier": "masked_lm",
     "Seq2SeqLM": "seq2seq",
+    # compression and faster decoding (appendix B)
+    "QuantizedLinear": "quantize",
+    "load_quantized": "quantize",
+    "speculative_generate": "speculative",
     # what training costs (chapter 00)
     "scaling": "",
     # errors (all chapters)

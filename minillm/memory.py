@@ -30,6 +30,8 @@ and recomputes the rest during backward: one layer's worth at a time.
 
 `estimate_memory` applies these rules; `state_bytes` and `saved_activation_bytes`
 measure the same quantities on a real model, and the tests check that they agree.
+`kv_cache_bytes` counts what generation keeps instead (appendix B): the keys and
+values of every token so far, fewer with grouped-query attention or int8.
 `check_fits` compares the estimate with what the device has free
 (`available_memory`) before a run allocates anything: `python -m minillm train`
 refuses a batch that would get the process killed for lack of memory.
@@ -174,6 +176,39 @@ def estimate_memory(
 # ---------------------------------------------------------------------------
 # Will it fit?
 # ---------------------------------------------------------------------------
+
+
+#: Bytes of one cached key or value number, by the cache's format. An int8 cache
+#: also keeps one fp32 scale per head vector (absmax over its head_dim numbers).
+KV_FORMATS = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+
+
+def kv_cache_bytes(config: GPTConfig, batch_size: int = 1, seq_len: int | None = None, kv_format: str = "fp32") -> int:
+    """Bytes a KV cache holds for `batch_size` sequences of `seq_len` tokens (appendix B).
+
+    Per token and layer: keys and values, n_kv_head vectors of head_dim numbers
+    each (grouped-query attention stores fewer heads than it queries with), plus
+    one fp32 scale per vector in the int8 format. `seq_len` defaults to the
+    context length (a preallocated cache, as `GPT.new_kv_cache` makes).
+    """
+    if kv_format not in KV_FORMATS:
+        raise ConfigError(f"kv_format must be one of {sorted(KV_FORMATS)}, got {kv_format!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    t = config.context_length if seq_len is None else seq_len
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 < t <= config.context_length:
+        raise ConfigError(f"seq_len must be an int in [1, {config.context_length}], got {seq_len!r}")
+    head_dim = config.d_model // config.n_head
+    per_vector = head_dim * KV_FORMATS[kv_format] + (4 if kv_format == "int8" else 0)
+    return batch_size * t * 2 * config.n_layer * config.kv_heads * per_vector
+
+
+def max_kv_batch(config: GPTConfig, memory_bytes: int, seq_len: int | None = None, kv_format: str = "fp32",
+                 weight_bytes: int = 0) -> int:  # fmt: skip
+    """How many sequences of `seq_len` tokens fit their KV caches in `memory_bytes` after `weight_bytes` of weights."""
+    room = memory_bytes - weight_bytes
+    per_sequence = kv_cache_bytes(config, 1, seq_len, kv_format)
+    return max(0, room // per_sequence)
 
 
 def available_memory(device: torch.device | str = "cpu") -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -13,9 +15,12 @@ from minillm.memory import (
     checkpoint_blocks,
     count_parameters,
     estimate_memory,
+    kv_cache_bytes,
+    max_kv_batch,
     saved_activation_bytes,
     state_bytes,
 )
+from minillm.errors import ConfigError
 from minillm.model import GPT, GPTConfig
 from minillm.optim import make_optimizer
 
@@ -115,3 +120,31 @@ def test_memory_errors_say_what_to_fix():
     with pytest.raises(TypeError, match="needs a model with .blocks"):
         checkpoint_blocks(nn.Linear(2, 2))
     assert isinstance(estimate_memory(c), MemoryEstimate)
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 2, 1])
+def test_kv_cache_bytes_are_what_the_model_allocates(n_kv_head):
+    """The estimate against the tensors `GPT.new_kv_cache` really allocates: MHA, GQA (2 of 4 heads), MQA."""
+    config = GPTConfig(vocab_size=64, context_length=32, d_model=32, n_layer=3, n_head=4, n_kv_head=n_kv_head)
+    model = GPT(config)
+    for batch, length in [(1, None), (5, 32), (2, 7)]:
+        cache = model.new_kv_cache(batch, length)
+        assert kv_cache_bytes(config, batch, length) == cache.k.nbytes + cache.v.nbytes
+        half = model.new_kv_cache(batch, length, dtype=torch.bfloat16)
+        assert kv_cache_bytes(config, batch, length, "bf16") == half.k.nbytes + half.v.nbytes
+    mha = kv_cache_bytes(dataclasses.replace(config, n_kv_head=None), 1)
+    assert kv_cache_bytes(config, 1) * config.n_head == mha * config.kv_heads  # GQA stores kv_heads/n_head of it
+    # int8: a quarter of the numbers' bytes plus one fp32 scale per head vector (head_dim 8 here: 8 + 4 vs 32)
+    assert kv_cache_bytes(config, 1, kv_format="int8") * 32 == kv_cache_bytes(config, 1) * 12
+
+
+def test_max_kv_batch_and_bad_kv_arguments():
+    config = GPTConfig(vocab_size=64, context_length=32, d_model=32, n_layer=3, n_head=4)
+    one = kv_cache_bytes(config, 1)
+    assert max_kv_batch(config, 10 * one + one // 2) == 10
+    assert max_kv_batch(config, 10 * one, weight_bytes=3 * one) == 7
+    assert max_kv_batch(config, one, weight_bytes=2 * one) == 0
+    for bad in [dict(kv_format="int4"), dict(batch_size=0), dict(seq_len=33), dict(seq_len=0), dict(batch_size=1.5),
+                dict(batch_size=True)]:
+        with pytest.raises(ConfigError):
+            kv_cache_bytes(config, **{"batch_size": 1, **bad})

@@ -37,7 +37,8 @@ def test_the_public_names_are_the_ones_builders_reach_for():
         "SlidingWindowDataset", "TokenShards", "get_batch", "make_dataloader", "read_shards", "split_tokens",
         "write_shards", "TrainConfig", "preset_config", "prepare_corpus", "open_corpus", "TrainResult",
         "load_model", "save_checkpoint", "load_checkpoint", "pretrained_tiny", "book_model", "book_run", "book_config", "book_scale", "curated_stdlib", "list_tasks", "export_hf", "complete",
-        "stream_text", "scaling", "FamilyConfig", "MaskedLM", "EncoderClassifier", "Seq2SeqLM", *errors.__all__,
+        "stream_text", "scaling", "FamilyConfig", "MaskedLM", "EncoderClassifier", "Seq2SeqLM", "QuantizedLinear", "load_quantized",
+        "speculative_generate", *errors.__all__,
     }  # fmt: skip
     assert set(minillm.__all__) == expected
     assert minillm.__all__ == sorted(minillm.__all__)

@@ -1,0 +1,453 @@
+"""Weight quantization from scratch: int8 and int4 linear layers (appendix B).
+
+Appendix B (`B_inference_compression`) makes the book model smaller by storing
+each weight of its linear layers as a small integer code plus a shared float
+scale. A weight w becomes
+
+    absmax (symmetric):      q = round(w / s),      s = max|w| / (2^(b-1) - 1),   w ~ q s
+    zero-point (asymmetric): q = round(w / s) + z,  s = (max - min) / (2^b - 1),  w ~ (q - z) s
+
+with b bits per code: codes in [-127, 127] (int8) or [-7, 7] (int4) for absmax,
+in [0, 255] or [0, 15] for zero-point (whose range [min, max] is widened to
+include 0, so that z = round(-min / s) is a valid code and 0 stays exact).
+Rounding moves each weight by at most half a step, |w - q s| <= s / 2, so the
+error is set by the scale, and the scale by the largest weight it has to cover. One outlier then spoils every
+weight that shares its scale; hence the *granularity*:
+
+    tensor    one scale for the whole matrix                          scale (1, 1)
+    channel   one scale per output row of a Linear weight (out, in)   scale (out, 1)
+    group     one scale per `group_size` consecutive inputs of a row  scale (out, in / group_size)
+
+* `quantize_tensor` / `QuantizedTensor.dequantize`: the arithmetic above;
+* `pack_int4` / `unpack_int4`: two 4-bit codes in one byte;
+* `QuantizedLinear`: an `nn.Linear` stored as codes + scales (int4 packed);
+* `quantize(model, bits, group_size, scheme)`: a quantized copy of a model;
+* `model_bytes`: where a model's memory goes, by kind;
+* `save_quantized` / `load_quantized`: a folder of safetensors + JSON (nothing unpickled).
+
+This is *weight-only* quantization: activations stay float and each layer
+dequantizes its weight before an ordinary matrix multiply, so it saves memory
+(and memory bandwidth, what token-by-token generation is limited by), not
+FLOPs. Faster matmuls need fused integer or weight-only kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fnmatch
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from minillm.checkpoint import commit, staging_folder
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MinillmError, StorageError
+from minillm.fileio import atomic_path, atomic_write
+from minillm.model import GPT, GPTConfig, read_safetensors
+from minillm.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+BITS = (4, 8)
+SCHEMES = ("absmax", "zeropoint")
+GRANULARITIES = ("tensor", "channel", "group")
+WEIGHTS_FILE = "quantized.safetensors"
+SETTINGS_FILE = "quantization.json"
+FORMAT = "minillm-quantized"
+
+
+def check_settings(bits: int, group_size: int | None, scheme: str) -> None:
+    """Raise ConfigError unless bits is 4 or 8, group_size None or a positive int, scheme a known one."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
+        raise ConfigError(f"bits must be 4 or 8, got {bits!r}")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 1):  # fmt: skip
+        raise ConfigError(f"group_size must be a positive integer (e.g. 32, 64, 128) or None for one scale "
+                          f"per output row, got {group_size!r}")  # fmt: skip
+    if scheme not in SCHEMES:
+        raise ConfigError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+
+
+# ---------------------------------------------------------------------------
+# One tensor: codes and scales
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizedTensor:
+    """A tensor as integer codes and float scales (and zero points); `dequantize()` gives it back.
+
+    codes: the original shape, int8 (absmax) or uint8 (zero-point), one code per
+    element (4-bit codes too: packing is `pack_int4`'s job). scale: float32
+    (R, G), one per group of G groups in R rows (tensor: (1, 1); channel:
+    (out, 1); group: (out, in / group_size)). zero: uint8 (R, G), zero-point only.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    shape: tuple[int, ...]
+    bits: int
+    scheme: str
+    granularity: str
+    group_size: int | None = None
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float tensor the codes stand for, of the original shape: (q - z) * s, computed in float32."""
+        rows, groups = self.scale.shape
+        q = self.codes.reshape(rows, groups, -1).float()  # (R, G, group width)
+        if self.zero is not None:
+            q = q - self.zero.float()[..., None]
+        return (q * self.scale.float()[..., None]).reshape(self.shape).to(dtype)
+
+
+def _nonzero(scale: torch.Tensor) -> torch.Tensor:
+    """The scale with zeros replaced by 1, to divide by: an all-zero group gets codes 0 (and scale 0), no NaN."""
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "absmax", granularity: str = "tensor",
+                    group_size: int | None = None, *, name: str = "the tensor") -> QuantizedTensor:  # fmt: skip
+    """Quantize `w` to `bits`-bit codes with one scale per tensor, output row (channel) or group.
+
+    w: any shape for granularity "tensor"; a Linear weight (out, in) for
+    "channel" and "group" (which needs a `group_size` dividing `in`). Absmax:
+    codes in [-(2^(b-1)-1), 2^(b-1)-1], zero-point: codes in [0, 2^b - 1], with
+    the range widened to include 0 (so zero, and padding, stay exact).
+    Elementwise, |w - dequantize()| <= scale / 2 (up to float rounding).
+    `name` is used in error messages.
+    """
+    check_settings(bits, group_size, scheme)
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if (granularity == "group") != (group_size is not None):
+        raise ConfigError("granularity 'group' needs a group_size, and only it takes one "
+                          f"(got granularity={granularity!r}, group_size={group_size!r})")  # fmt: skip
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.numel() == 0:
+        raise ConfigError(f"{name} must be a non-empty floating-point tensor to quantize")
+    if granularity != "tensor" and w.dim() != 2:
+        raise ConfigError(f"granularity {granularity!r} needs a 2-D weight (out, in); {name} has shape "
+                          f"{tuple(w.shape)}")
+    bad = int((~torch.isfinite(w)).sum())
+    if bad:
+        raise ConfigError(f"{name} holds {bad} NaN or inf values; quantization needs finite weights "
+                          "(the model diverged or the checkpoint is damaged)")  # fmt: skip
+    x = w.detach().float()
+    rows, width = (1, x.numel()) if granularity == "tensor" else tuple(x.shape)
+    size = group_size or width
+    if width % size:
+        raise ConfigError(f"group_size {size} does not divide the input width {width} of {name}; choose a "
+                          f"divisor of {width}, or None for one scale per output row")
+    x = x.reshape(rows, width // size, size)  # (R, G, size)
+    if scheme == "absmax":
+        qmax = 2 ** (bits - 1) - 1
+        scale = x.abs().amax(dim=-1) / qmax  # (R, G)
+        codes = torch.round(x / _nonzero(scale)[..., None]).clamp(-qmax, qmax).to(torch.int8)
+        zero = None
+    else:
+        qmax = 2**bits - 1
+        lo, hi = x.amin(dim=-1).clamp(max=0), x.amax(dim=-1).clamp(min=0)  # the range includes 0
+        scale = (hi - lo) / qmax
+        zero = torch.round(-lo / _nonzero(scale)).clamp(0, qmax)  # the code of w = 0
+        codes = (torch.round(x / _nonzero(scale)[..., None]) + zero[..., None]).clamp(0, qmax).to(torch.uint8)
+        zero = zero.to(torch.uint8)
+    return QuantizedTensor(codes.reshape(w.shape), scale, zero, tuple(w.shape), bits, scheme, granularity, group_size)
+
+
+# ---------------------------------------------------------------------------
+# Two 4-bit codes per byte
+# ---------------------------------------------------------------------------
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Pack 4-bit codes (n,) (any shape, read flat) into bytes (ceil(n / 2),) uint8.
+
+    codes: uint8 in [0, 15], or int8 in [-8, 7] (stored as their 4-bit two's
+    complement). Code 2i goes into the low nibble of byte i, code 2i+1 into the
+    high one; an odd count is padded with a zero nibble.
+    """
+    if codes.dtype not in (torch.int8, torch.uint8):
+        raise ConfigError(f"pack_int4 packs int8 or uint8 codes, got {codes.dtype}")
+    flat = codes.reshape(-1).to(torch.int16)
+    lo, hi = (-8, 7) if codes.dtype == torch.int8 else (0, 15)
+    if flat.numel() and (int(flat.min()) < lo or int(flat.max()) > hi):
+        raise ConfigError(f"4-bit {codes.dtype} codes must lie in [{lo}, {hi}], "
+                          f"got values in [{int(flat.min())}, {int(flat.max())}]")
+    nibbles = (flat & 0xF).to(torch.uint8)
+    if nibbles.numel() % 2:
+        nibbles = torch.cat([nibbles, nibbles.new_zeros(1)])
+    pairs = nibbles.view(-1, 2)
+    return pairs[:, 0] | (pairs[:, 1] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, n: int, signed: bool = False) -> torch.Tensor:
+    """The `n` codes (n,) in `packed` (ceil(n / 2),) uint8: uint8 in [0, 15], or int8 in [-8, 7] if `signed`."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise ConfigError(f"unpack_int4 needs a 1-D uint8 tensor, got {packed.dtype} of shape {tuple(packed.shape)}")
+    if not 2 * packed.numel() - 1 <= n <= 2 * packed.numel() or n < 0:
+        raise ConfigError(f"{packed.numel()} bytes hold {2 * packed.numel() - 1} or {2 * packed.numel()} "
+                          f"codes, not {n}")
+    nibbles = torch.stack([packed & 0xF, packed >> 4], dim=1).reshape(-1)[:n]  # (n,) uint8
+    if not signed:
+        return nibbles
+    wide = nibbles.to(torch.int16)
+    return torch.where(wide >= 8, wide - 16, wide).to(torch.int8)
+
+
+# ---------------------------------------------------------------------------
+# A quantized linear layer
+# ---------------------------------------------------------------------------
+
+
+class QuantizedLinear(nn.Module):
+    """An `nn.Linear` whose weight is stored as `bits`-bit codes and per-row or per-group scales.
+
+    x: (..., in) -> (..., out). Buffers: `codes` int8/uint8 (out, in) for 8 bits,
+    uint8 (ceil(out * in / 2),) for 4 bits (two codes a byte); `scale` (out, G)
+    in the layer's float dtype, G = 1 (per-channel, `group_size` None) or
+    in / group_size; `zero` uint8 (out, G) for zero-point only. `bias` stays a
+    float parameter. The forward pass dequantizes the weight and calls
+    `F.linear`: this saves memory, not FLOPs (on a CPU it is a little slower
+    than the float layer). Build one with `from_linear`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8,
+                 group_size: int | None = None, scheme: str = "absmax", device: Any = None,
+                 dtype: torch.dtype | None = None) -> None:  # fmt: skip
+        super().__init__()
+        check_settings(bits, group_size, scheme)
+        if group_size is not None and in_features % group_size:
+            raise ConfigError(f"group_size {group_size} does not divide the input width {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.scheme = bits, group_size, scheme
+        n, groups = in_features * out_features, in_features // (group_size or in_features)
+        code_dtype = torch.int8 if scheme == "absmax" else torch.uint8
+        codes = torch.zeros((n + 1) // 2, dtype=torch.uint8) if bits == 4 else torch.zeros(
+            out_features, in_features, dtype=code_dtype)  # fmt: skip
+        self.register_buffer("codes", codes.to(device))
+        self.register_buffer("scale", torch.zeros(out_features, groups, device=device, dtype=dtype))
+        if scheme == "zeropoint":
+            self.register_buffer("zero", torch.zeros(out_features, groups, device=device, dtype=torch.uint8))
+        else:
+            self.zero = None
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int | None = None,
+                    scheme: str = "absmax", name: str = "the layer") -> QuantizedLinear:  # fmt: skip
+        """Quantize `linear`'s weight (out, in); its bias is copied. `name` is used in error messages."""
+        if not isinstance(linear, nn.Linear):
+            raise ConfigError(f"QuantizedLinear.from_linear needs an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        qt = quantize_tensor(w, bits, scheme, "channel" if group_size is None else "group", group_size, name=name)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size, scheme,
+                    device=w.device, dtype=w.dtype)  # fmt: skip
+        layer.codes, layer.scale = pack_int4(qt.codes) if bits == 4 else qt.codes, qt.scale.to(w.dtype)
+        if qt.zero is not None:
+            layer.zero = qt.zero
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        return layer
+
+    def quantized_weight(self) -> QuantizedTensor:
+        """The weight as a `QuantizedTensor` (4-bit codes unpacked)."""
+        shape = (self.out_features, self.in_features)
+        codes = self.codes
+        if self.bits == 4:
+            codes = unpack_int4(self.codes, shape[0] * shape[1], signed=self.scheme == "absmax").view(shape)
+        granularity = "channel" if self.group_size is None else "group"
+        return QuantizedTensor(codes, self.scale, self.zero, shape, self.bits, self.scheme, granularity,
+                               self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight (out, in) in the layer's float dtype (computed anew on each access)."""
+        return self.quantized_weight().dequantize(self.scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., in) -> (..., out): x W^T + b with W dequantized to x's dtype."""
+        return F.linear(x, self.quantized_weight().dequantize(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"bits={self.bits}, group_size={self.group_size}, scheme={self.scheme}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# A whole model
+# ---------------------------------------------------------------------------
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(name == p or name.endswith("." + p) or fnmatch.fnmatchcase(name, p) for p in skip)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, scheme: str = "absmax",
+             skip: tuple[str, ...] | str = ("lm_head",)) -> nn.Module:  # fmt: skip
+    """A quantized copy of `model`: every `nn.Linear` not matched by `skip` becomes a `QuantizedLinear`.
+
+    `model` itself is left untouched (the copy is deep). `group_size` None: one
+    scale per output row; an int: one per `group_size` inputs of a row, which
+    must divide every chosen layer's input width. `skip`: module names (a full
+    name, a "."-suffix or a glob) kept in float. The default keeps the output
+    head, which in the book model is tied to the token embedding: the matrix is
+    stored once and looked up as embeddings, so a quantized head would add a
+    second copy instead of saving one, and the logits are the most
+    error-sensitive product of the model. Embeddings and norms stay float too.
+    The settings are recorded as `copy.quantization` (bits, group_size, scheme).
+    """
+    check_settings(bits, group_size, scheme)
+    skip = (skip,) if isinstance(skip, str) else tuple(skip)
+    if getattr(model, "quantization", None) or any(isinstance(m, QuantizedLinear) for m in model.modules()):
+        raise ConfigError("the model is already quantized; quantize the float model it came from instead "
+                          "(quantizing twice would only add error)")  # fmt: skip
+    chosen = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)]
+    if not chosen:
+        raise ConfigError(f"no nn.Linear layer of the model is left to quantize with skip={skip}")
+    new = copy.deepcopy(model)  # a bad layer (group size, NaN) raises before `model` could change
+    for name in chosen:
+        layer = QuantizedLinear.from_linear(new.get_submodule(name), bits, group_size, scheme, f"layer {name}")
+        _replace(new, name, layer)
+    new.quantization = {"bits": bits, "group_size": group_size, "scheme": scheme}
+    return new
+
+
+def model_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes `model` holds in memory, by kind, each tensor counted once (a tied head is the embedding).
+
+    Keys: float_params (all parameters: embeddings, norms, biases, float layers),
+    int_weights (the codes of quantized layers), scales (their scales and zero
+    points), buffers (everything else, e.g. RoPE tables) and total.
+    """
+    kinds: dict[int, str] = {}
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            kinds[id(m.codes)] = "int_weights"
+            kinds.update({id(t): "scales" for t in (m.scale, m.zero) if t is not None})
+    out = dict.fromkeys(("float_params", "int_weights", "scales", "buffers"), 0)
+    seen: set[int] = set()
+    tensors = [("float_params", p) for p in model.parameters()] + [("buffers", b) for b in model.buffers()]
+    for kind, t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[kinds.get(id(t), kind)] += t.numel() * t.element_size()
+    out["total"] = sum(out.values())
+    return out
+
+
+# ---------------------------------------------------------------------------
+# On disk: safetensors + JSON, committed like a checkpoint
+# ---------------------------------------------------------------------------
+
+
+def save_quantized(folder: str | os.PathLike, model: GPT, tokenizer: Any) -> Path:
+    """Write a quantized `GPT` (from `quantize`) and its tokenizer to `folder`; `load_quantized` reads it.
+
+    Files: `quantized.safetensors` (codes, scales, zero points and float
+    tensors, dtypes kept), `quantization.json` (the GPTConfig, the settings,
+    the quantized layers' names) and the tokenizer. The folder is written under
+    a temporary name and renamed into place (minillm.checkpoint's commit path):
+    it appears complete or not at all; an existing one is replaced.
+    """
+    if not isinstance(model, GPT) or not getattr(model, "quantization", None):
+        raise ConfigError("save_quantized needs a GPT returned by quantize(model, ...); save a float model "
+                          "with minillm.checkpoint.save_model_folder")  # fmt: skip
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if "lm_head.weight" in state and model.lm_head.weight is model.tok_emb.weight:
+        state.pop("lm_head.weight")  # tied: stored once, as tok_emb.weight
+    layers = [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
+    settings = {"format": FORMAT, "version": 1, "config": dataclasses.asdict(model.config),
+                "quantization": dict(model.quantization), "layers": layers,
+                "dtype": str(model.tok_emb.weight.dtype).removeprefix("torch.")}  # fmt: skip
+    folder = Path(folder)
+    tmp = staging_folder(folder.parent, folder.name)
+    try:
+        with atomic_path(tmp / WEIGHTS_FILE) as path:
+            try:
+                save_file(state, path, metadata={"format": "pt"})
+            except Exception as err:  # safetensors reports a full disk as its own SafetensorError
+                if isinstance(err, OSError) or "I/O error" in str(err):
+                    raise StorageError(f"could not write {folder / WEIGHTS_FILE} ({err})") from err
+                raise
+        tokenizer.save(tmp / TOKENIZER_FILE)
+        atomic_write(tmp / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+        return commit(tmp, latest=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_settings(folder: Path) -> dict:
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        if (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"{folder} is a float model folder, not a quantized one; load it with "
+                                  "minillm.checkpoint.load_model and call quantize(model)")  # fmt: skip
+        raise CheckpointNotFoundError(f"{path} not found; pass a folder written by save_quantized")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the folder is damaged") from err
+    if not isinstance(settings, dict) or settings.get("format") != FORMAT or settings.get("version") != 1:
+        raise CheckpointError(f"{path} is not a quantized-model description written by save_quantized")
+    return settings
+
+
+def load_quantized(folder: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Any]:
+    """(quantized GPT in eval mode, tokenizer) from a `save_quantized` folder; only safetensors and JSON are read.
+
+    A float model folder, a missing or corrupt file, or tensors that do not fit
+    the described model raise CheckpointError (CheckpointNotFoundError for a missing one).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointNotFoundError(f"{folder} is not a directory; pass a folder written by save_quantized")
+    settings = _read_settings(folder)
+    try:
+        q = settings["quantization"]
+        check_settings(q["bits"], q["group_size"], q["scheme"])
+        dtype = getattr(torch, settings["dtype"])
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ConfigError(f"dtype {settings['dtype']!r} is not a float type")
+        model = GPT(GPTConfig(**settings["config"])).to(dtype)
+        for name in settings["layers"]:
+            linear = model.get_submodule(name)
+            if not isinstance(linear, nn.Linear):
+                raise ConfigError(f"{name} is not a linear layer of the model")
+            _replace(model, name, QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None,
+                                                  q["bits"], q["group_size"], q["scheme"], dtype=dtype))  # fmt: skip
+    except (KeyError, TypeError, AttributeError, ValueError, MinillmError) as err:
+        raise CheckpointError(f"{folder / SETTINGS_FILE} describes no model minillm can build "
+                              f"({type(err).__name__}: {err}); the folder is damaged") from err  # fmt: skip
+    saved = read_safetensors(folder / WEIGHTS_FILE)
+    own = model.state_dict()
+    if model.lm_head.weight is model.tok_emb.weight:
+        own.pop("lm_head.weight")
+    missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    wrong = [f"{k}: {v.dtype} {tuple(v.shape)} vs {own[k].dtype} {tuple(own[k].shape)}"
+             for k, v in saved.items() if k in own and (v.shape, v.dtype) != (own[k].shape, own[k].dtype)]  # fmt: skip
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE} does not match {SETTINGS_FILE}: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}, wrong dtype/shape {wrong[:8]}")  # fmt: skip
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(saved[k])
+    try:
+        tokenizer = load_tokenizer(folder)
+    except FileNotFoundError as err:
+        raise CheckpointNotFoundError(f"{folder} has no {TOKENIZER_FILE} ({err}); save_quantized writes one") from err
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{folder / TOKENIZER_FILE} is not a readable tokenizer ({err})") from err
+    model.quantization = {"bits": q["bits"], "group_size": q["group_size"], "scheme": q["scheme"]}
+    model.eval()
+    return (model.to(device) if device is not None else model), tokenizer
