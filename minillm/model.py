@@ -361,15 +361,21 @@ def save_weights(directory: str | os.PathLike, config: GPTConfig, state: dict[st
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
-    with atomic_path(directory / "model.safetensors") as tmp:
+    write_safetensors(directory / "model.safetensors", tensors)
+    atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    return directory
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write `tensors` (contiguous, on the CPU) to a safetensors file atomically; a full disk raises StorageError."""
+    with atomic_path(path) as tmp:
         try:
             save_file(tensors, tmp, metadata={"format": "pt"})
         except Exception as err:  # safetensors reports a full disk as its own SafetensorError
             if isinstance(err, OSError) or "I/O error" in str(err):
-                raise StorageError(f"could not write {directory / 'model.safetensors'} ({err})") from err
+                raise StorageError(f"could not write {path} ({err})") from err
             raise
-    atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    return directory
+    return Path(path)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

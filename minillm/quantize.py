@@ -45,13 +45,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from minillm.checkpoint import commit, staging_folder
-from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MinillmError, StorageError
-from minillm.fileio import atomic_path, atomic_write
-from minillm.model import GPT, GPTConfig, read_safetensors
+from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MinillmError
+from minillm.fileio import atomic_write
+from minillm.model import GPT, GPTConfig, read_safetensors, write_safetensors
 from minillm.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 BITS = (4, 8)
@@ -373,13 +372,7 @@ def save_quantized(folder: str | os.PathLike, model: GPT, tokenizer: Any) -> Pat
     folder = Path(folder)
     tmp = staging_folder(folder.parent, folder.name)
     try:
-        with atomic_path(tmp / WEIGHTS_FILE) as path:
-            try:
-                save_file(state, path, metadata={"format": "pt"})
-            except Exception as err:  # safetensors reports a full disk as its own SafetensorError
-                if isinstance(err, OSError) or "I/O error" in str(err):
-                    raise StorageError(f"could not write {folder / WEIGHTS_FILE} ({err})") from err
-                raise
+        write_safetensors(tmp / WEIGHTS_FILE, state)
         tokenizer.save(tmp / TOKENIZER_FILE)
         atomic_write(tmp / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
         return commit(tmp, latest=False)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import minillm.model as model_module
 import minillm.quantize as quantize_module
 from minillm.checkpoint import save_model_folder
 from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError
@@ -329,15 +330,15 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     load_quantized(folder)
 
 
-@pytest.mark.parametrize("target", ["save_file", "atomic_write"])
-def test_an_interrupted_save_leaves_nothing_that_loads(tmp_path, monkeypatch, target):
+@pytest.mark.parametrize("module, target", [(model_module, "save_file"), (quantize_module, "atomic_write")])
+def test_an_interrupted_save_leaves_nothing_that_loads(tmp_path, monkeypatch, module, target):
     old = quantize(tiny_gpt())
     save_quantized(tmp_path / "kept", old, tokenizer())
 
     def crash(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(quantize_module, target, crash)
+    monkeypatch.setattr(module, target, crash)  # the weights' write, or the settings' write after it
     new = quantize(tiny_gpt(n_layer=1), bits=4)
     for name in ("kept", "fresh"):
         with pytest.raises(OSError):
