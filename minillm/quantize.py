@@ -306,6 +306,8 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int | None = None, sch
     error-sensitive product of the model. Embeddings and norms stay float too.
     The settings are recorded as `copy.quantization` (bits, group_size, scheme).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module (e.g. minillm.GPT), got {type(model).__name__}")
     check_settings(bits, group_size, scheme)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     if getattr(model, "quantization", None) or any(isinstance(m, QuantizedLinear) for m in model.modules()):

@@ -438,6 +438,8 @@ def test_quantize_refuses_nan_weights_twice_quantized_and_nothing_left():
         quantize(tiny_gpt(), skip=("*",))
     with pytest.raises(ConfigError, match="needs a GPT returned by quantize"):
         save_quantized("unused", tiny_gpt(), tokenizer())
+    with pytest.raises(TypeError, match="must be a torch nn.Module"):
+        quantize(tiny_gpt().state_dict())  # a state dict, not the model
 
 
 def test_saved_settings_are_readable_json(tmp_path):
