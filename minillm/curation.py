@@ -21,12 +21,9 @@ removal). The command ``python -m minillm curate`` wraps it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import regex
 
+from minillm.data import datasets_progress
 from minillm.dedup import Decontaminator, MinHasher, cluster_signatures, exact_key
 from minillm.errors import DataError
 from minillm.pii import redact_pii
@@ -225,23 +223,6 @@ def split_of(text: str, val_fraction: float = 0.1) -> str:
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
     return "validation" if int(exact_key(text)[:8], 16) / 16**8 < val_fraction else "train"
-
-
-@contextlib.contextmanager
-def datasets_progress(enabled: bool) -> Iterator[None]:
-    """Show (or hide) ``datasets``' progress bars inside the block; hidden also means its INFO and
-    WARNING log messages are. Both settings are put back afterwards."""
-    import datasets
-
-    bars, level = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
-    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
-    if not enabled:
-        datasets.logging.set_verbosity(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
-        datasets.logging.set_verbosity(level)
 
 
 # ---------------------------------------------------------------------------

@@ -25,10 +25,12 @@ Token shards and batching live next door in :mod:`minillm.tokens`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
 import json
+import logging
 import os
 import sysconfig
 import tarfile
@@ -40,7 +42,7 @@ import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from minillm.errors import DataError
 from minillm.fileio import atomic_write, file_mode
@@ -452,12 +454,33 @@ _RECIPES: dict[str, tuple[str, Callable[[Path, str | None], dict[str, list[str]]
 }
 
 
-def load(name: str, split: str | None = None, subset: str | None = None, **kwargs: Any):
+@contextlib.contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    """Show (or hide) ``datasets``' progress bars inside the block; hidden also means its INFO and
+    WARNING log messages are. Both settings are put back afterwards."""
+    import datasets
+
+    bars, level = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
+    (datasets.enable_progress_bars if enabled else datasets.disable_progress_bars)()
+    if not enabled:
+        datasets.logging.set_verbosity(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if bars else datasets.disable_progress_bars)()
+        datasets.logging.set_verbosity(level)
+
+
+def load(name: str, split: str | None = None, subset: str | None = None, progress: bool = False,
+         **kwargs: Any):
     """Load data set ``name`` as a ``datasets.DatasetDict`` (or one ``Dataset`` with ``split=``).
 
     Built with ``datasets.load_dataset("text" | "json" | "csv", data_files=...)``
     on the files :func:`download` returns; ``kwargs`` go to ``load_dataset``
-    (e.g. ``cache_dir``, ``num_proc``). Splits and columns:
+    (e.g. ``cache_dir``, ``num_proc``). ``datasets`` builds an Arrow copy of the files
+    the first time (a second or so here) and reuses it after; its progress bars and log
+    messages for that stay hidden unless ``progress=True``, so a first call prints what
+    any later call prints. Splits and columns:
 
     - ``tinyshakespeare``, ``the-verdict``: ``train``, one row per line, ``text``.
     - ``wikitext-2``: ``validation``, ``test``; ``text`` lines.
@@ -491,13 +514,14 @@ def load(name: str, split: str | None = None, subset: str | None = None, **kwarg
         options = {**options, "keep_default_na": False}
         if "column_names" in options:  # keep answers like "1" as strings
             options["features"] = datasets.Features({c: datasets.Value("string") for c in options["column_names"]})
-    ds = datasets.load_dataset(builder, data_files=files, **options, **kwargs)
-    if name == "mmlu":
-        ds = datasets.DatasetDict({sp: _with_subjects(ds[sp], files[sp]) for sp in ds})
-    if name == "mbpp":
-        full = ds["full"]
-        ds = datasets.DatasetDict({sp: full.filter(lambda r, lo=lo, hi=hi: lo <= r["task_id"] <= hi)
-                                   for sp, (lo, hi) in _MBPP_SPLITS.items()})
+    with datasets_progress(progress):
+        ds = datasets.load_dataset(builder, data_files=files, **options, **kwargs)
+        if name == "mmlu":
+            ds = datasets.DatasetDict({sp: _with_subjects(ds[sp], files[sp]) for sp in ds})
+        if name == "mbpp":
+            full = ds["full"]
+            ds = datasets.DatasetDict({sp: full.filter(lambda r, lo=lo, hi=hi: lo <= r["task_id"] <= hi)
+                                       for sp, (lo, hi) in _MBPP_SPLITS.items()})
     if split is None:
         return ds
     if split not in ds:

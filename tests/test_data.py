@@ -283,6 +283,22 @@ def test_load_row_counts_from_mirror(offline, tmp_path):
 
 
 @needs_mirror
+def test_first_load_prints_what_a_cached_one_prints(tmp_path, capfd):
+    # A notebook's output must not depend on whether `datasets` already built its Arrow copy:
+    # a fresh CI machine built it inside a notebook cell, printed progress bars on stderr, and
+    # the cell's output no longer matched the committed one.
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    for _ in range(2):  # a cold cache, then a warm one
+        data.load("mbpp", cache_dir=str(tmp_path / "hf"))  # a build and a filter: both show bars
+        assert capfd.readouterr() == ("", "")
+    assert datasets.is_progress_bar_enabled() == bars  # the caller's setting is put back
+    data.load("sms_spam_collection", cache_dir=str(tmp_path / "hf2"), progress=True)
+    assert "Generating train split" in capfd.readouterr().err
+
+
+@needs_mirror
 def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="ARC-Easy"):
         data.load("arc")

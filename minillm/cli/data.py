@@ -93,7 +93,8 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 def run_curate(args: argparse.Namespace) -> int:
     """`curate INPUT... --out DIR`: curated.jsonl and report.json in DIR."""
-    from minillm.curation import CurationConfig, curate, datasets_progress, read_documents
+    from minillm.curation import CurationConfig, curate, read_documents
+    from minillm.data import datasets_progress
     from minillm.dedup import Decontaminator
     from minillm.errors import DataError
     from minillm.fileio import atomic_write
