@@ -76,7 +76,7 @@ class SlotKVCache:
     def for_model(cls, model: GPT, slots: int) -> SlotKVCache:
         """An empty cache of `slots` rows of the model's context length, on its device and dtype."""
         c, w = model.config, model.tok_emb.weight
-        return cls(c.n_layer, slots, c.kv_heads, c.d_model // c.n_head, c.context_length, w.device, w.dtype)
+        return cls(c.n_layer, slots, c.kv_heads, c.head_dim, c.context_length, w.device, w.dtype)
 
     def use(self, rows: Sequence[int] | torch.Tensor) -> SlotKVCache:
         """Run the next forward pass on these rows (B,), in this order; returns self."""

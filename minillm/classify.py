@@ -17,7 +17,6 @@ Training uses the loop shared by every fine-tuning, `minillm.finetune.finetune`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -108,7 +107,7 @@ class GPTClassifier(nn.Module):
         with atomic_path(directory / "model.safetensors") as tmp:
             save_file(state, tmp, metadata={"format": "pt"})
         meta = {"format": "minillm-classifier", "labels": list(self.labels),
-                "gpt_config": dataclasses.asdict(self.gpt.config)}  # fmt: skip
+                "gpt_config": self.gpt.config.to_dict()}  # fmt: skip
         atomic_write(directory / "classifier.json", json.dumps(meta, indent=1) + "\n")
         return directory
 

@@ -126,8 +126,8 @@ class TrainConfig:
         return self.batch_size * self.grad_accum * self.model.context_length
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (the model nested under "model")."""
-        return dataclasses.asdict(self)
+        """A JSON-ready dict (the model nested under "model", as `GPTConfig.to_dict` writes it)."""
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
     def to_json(self) -> str:
         """`to_dict` as indented JSON text (what `train_config.json` holds)."""
@@ -198,7 +198,8 @@ def check_model_fields(fields: dict[str, Any]) -> None:
     fields = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **fields}  # unset: the defaults
     _check_ints(fields, ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "vocab_multiple"), 1,
                 "a positive integer", {"vocab_multiple": "1: no padding; 64 helps GPUs"})  # fmt: skip
-    for name, default in (("n_kv_head", "n_head"), ("d_ff", "the MLP's default width")):
+    for name, default in (("n_kv_head", "n_head"), ("d_ff", "the MLP's default width"),
+                          ("d_head", "d_model / n_head")):
         value = fields[name]
         _require(name, value, value is None or (_is_int(value) and value >= 1),
                  f"a positive integer, or none for {default}")  # fmt: skip

@@ -99,6 +99,9 @@ def export_hf(model: GPT, directory: str | os.PathLike, tokenizer: Tokenizer | N
 def _hf_config(config: GPTConfig, tokenizer: BPETokenizer | None, dtype: str) -> dict:
     """The `config.json` of `config`; raises ConfigError naming what Hugging Face cannot express."""
     c = config
+    if c.positions == "learned" and c.n_head * c.head_dim != c.d_model:
+        raise ConfigError(f"Hugging Face's GPT-2 has heads of size n_embd / n_head; this model's {c.n_head} heads of "
+                          f"size {c.head_dim} (d_head) do not add up to d_model {c.d_model}")
     if c.positions == "learned":
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": c.context_length,
               "n_embd": c.d_model, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ff_width,
@@ -107,7 +110,7 @@ def _hf_config(config: GPTConfig, tokenizer: BPETokenizer | None, dtype: str) ->
     elif c.positions == "rope":
         hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": c.context_length,
               "hidden_size": c.d_model, "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
-              "num_key_value_heads": c.kv_heads, "head_dim": c.d_model // c.n_head, "intermediate_size": c.ff_width,
+              "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim, "intermediate_size": c.ff_width,
               "hidden_act": "silu", "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
               "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.dropout}  # fmt: skip
     else:

@@ -198,7 +198,7 @@ def kv_cache_bytes(config: GPTConfig, batch_size: int = 1, seq_len: int | None =
     t = config.context_length if seq_len is None else seq_len
     if isinstance(t, bool) or not isinstance(t, int) or not 0 < t <= config.context_length:
         raise ConfigError(f"seq_len must be an int in [1, {config.context_length}], got {seq_len!r}")
-    head_dim = config.d_model // config.n_head
+    head_dim = config.head_dim
     per_vector = head_dim * KV_FORMATS[kv_format] + (4 if kv_format == "int8" else 0)
     return batch_size * t * 2 * config.n_layer * config.kv_heads * per_vector
 

@@ -61,12 +61,16 @@ class GPTConfig:
     attn_impl: Literal["sdpa", "manual"] = "sdpa"  # fused PyTorch kernel | written out
     vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64 helps GPUs)
     init_std: float = 0.02
+    d_head: int | None = None  # head size D; None: d_model // n_head (pruned heads keep their size)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "ff_width", "vocab_multiple"):
             value = getattr(self, name)  # d_model before ff_width: a zero width is blamed on d_model
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_head is not None and (isinstance(self.d_head, bool) or not isinstance(self.d_head, int)
+                                        or self.d_head <= 0):
+            raise ConfigError(f"d_head must be a positive integer or None (d_model // n_head), got {self.d_head!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
@@ -87,8 +91,21 @@ class GPTConfig:
         return AttentionConfig(
             d_model=self.d_model, n_head=self.n_head, n_kv_head=self.n_kv_head,
             context_length=self.context_length, bias=self.bias, dropout=self.dropout,
-            positions=self.positions, rope_theta=self.rope_theta, attn_impl=self.attn_impl,
+            positions=self.positions, rope_theta=self.rope_theta, attn_impl=self.attn_impl, d_head=self.d_head,
         )  # fmt: skip
+
+    @property
+    def head_dim(self) -> int:
+        """D, the size of each attention head: `d_head`, or d_model // n_head when that is None."""
+        return self.d_model // self.n_head if self.d_head is None else self.d_head
+
+    def to_dict(self) -> dict:
+        """The fields as a dict, `d_head` left out while it is None (so configs, and the digests of runs,
+        written before the field existed read and hash as they did)."""
+        fields = dataclasses.asdict(self)
+        if fields["d_head"] is None:
+            del fields["d_head"]
+        return fields
 
     @property
     def kv_heads(self) -> int:
@@ -107,8 +124,8 @@ class GPTConfig:
         return 4 * self.d_model if self.mlp == "gelu" else 256 * math.ceil(8 * self.d_model / 3 / 256)
 
     def resolved(self) -> dict:
-        """The fields with derived values filled in (`n_kv_head`, `d_ff`): equal dicts mean equal models."""
-        return {**dataclasses.asdict(self), "n_kv_head": self.kv_heads, "d_ff": self.ff_width}
+        """The fields with derived values filled in (`n_kv_head`, `d_ff`, `d_head`): equal dicts mean equal models."""
+        return {**dataclasses.asdict(self), "n_kv_head": self.kv_heads, "d_ff": self.ff_width, "d_head": self.head_dim}
 
     def differences(self, other: GPTConfig, ignore: tuple[str, ...] = ()) -> dict:
         """{field: (self's value, other's value)} where the two configs give different models."""
@@ -240,7 +257,7 @@ class GPT(nn.Module):
         if not 0 < max_len <= c.context_length:
             raise ConfigError(f"max_len must be in [1, {c.context_length}], got {max_len}")
         w = self.tok_emb.weight
-        return KVCache(c.n_layer, batch_size, c.kv_heads, c.d_model // c.n_head, max_len, w.device, dtype or w.dtype)
+        return KVCache(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, w.device, dtype or w.dtype)
 
     # -- counting -----------------------------------------------------------
 
@@ -258,20 +275,20 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
-        """Approximate FLOPs per token: 6 N + 12 n_layer T d_model for training.
+        """Approximate FLOPs per token: 6 N + 12 n_layer T H D for training (H D = d_model unless `d_head` is set).
 
         N counts the weights used in matrix multiplies (everything except the
         embedding look-ups, including the output head even when tied). A forward
         pass costs 2 FLOPs per weight per token (multiply + add), the backward pass
-        twice that: 6 N. Attention adds q k^T and probabilities @ v: 2 * 2 T d_model
-        per layer forward, times 3 for training: 12 n_layer T d_model, with T the
+        twice that: 6 N. Attention adds q k^T and probabilities @ v: 2 * 2 T H D
+        per layer forward, times 3 for training: 12 n_layer T H D, with T the
         sequence length (`seq_len`, default the context length). Forward only
         (`training=False`) is a third of it.
         """
         c = self.config
         t = c.context_length if seq_len is None else seq_len
         n = self.num_parameters(exclude_embeddings=True) + (self.lm_head.weight.numel() if c.tie_embeddings else 0)
-        total = 6 * n + 12 * c.n_layer * t * c.d_model
+        total = 6 * n + 12 * c.n_layer * t * c.n_head * c.head_dim
         return total if training else total // 3
 
     # -- checkpoints --------------------------------------------------------
@@ -362,7 +379,7 @@ def save_weights(directory: str | os.PathLike, config: GPTConfig, state: dict[st
     if config.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight
     write_safetensors(directory / "model.safetensors", tensors)
-    atomic_write(directory / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    atomic_write(directory / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     return directory
 
 

@@ -34,10 +34,7 @@ in every layer (which ones differ per layer). Then the result is a plain `GPT`
 of `GPTConfig(..., d_ff=kept neurons, n_head=kept heads)`, saved with
 `save_model_folder` and read back with `load_model` like any other. A kept head
 keeps its size D (and its weights), so with fewer heads H' D < d_model: the
-config must store D apart from d_model // n_head, in a `d_head` field of
-`GPTConfig` (like `AttentionConfig.d_head`). Without that field, removing heads
-from a whole `GPT` raises ConfigError; `prune_heads` on one attention module
-and neuron removal work regardless. Heads are removed from multi-head attention only
+pruned config stores D in `GPTConfig.d_head`. Heads are removed from multi-head attention only
 (n_kv_head == n_head); with grouped-query attention a query head shares its key
 and value head with others.
 
@@ -59,7 +56,6 @@ from minillm.errors import ConfigError, DataError
 from minillm.model import GPT, GPTConfig
 
 SCOPES = ("global", "layer")
-_HAS_D_HEAD = "d_head" in {f.name for f in dataclasses.fields(GPTConfig)}
 
 # ---------------------------------------------------------------------------
 # Unstructured: magnitude pruning
@@ -306,11 +302,7 @@ def pruned_config(config: GPTConfig, n_head: int, d_ff: int) -> GPTConfig:
     """The `GPTConfig` of `config` with `n_head` heads of the original size and an MLP of width `d_ff`."""
     if n_head == config.n_head:
         return dataclasses.replace(config, d_ff=d_ff)
-    if not _HAS_D_HEAD:
-        raise ConfigError(f"removing heads keeps each head's size D = {config.attention().head_dim}, but this "
-                          f"GPTConfig derives D from d_model // n_head and has no d_head field to store it; "
-                          "remove MLP neurons only, or prune one attention module with prune_heads")  # fmt: skip
-    return dataclasses.replace(config, n_head=n_head, n_kv_head=None, d_head=config.attention().head_dim, d_ff=d_ff)
+    return dataclasses.replace(config, n_head=n_head, n_kv_head=None, d_head=config.head_dim, d_ff=d_ff)
 
 
 def prune_structured(

@@ -34,7 +34,6 @@ FLOPs. Faster matmuls need fused integer or weight-only kernels.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import fnmatch
 import json
 import os
@@ -368,7 +367,7 @@ def save_quantized(folder: str | os.PathLike, model: GPT, tokenizer: Any) -> Pat
     if "lm_head.weight" in state and model.lm_head.weight is model.tok_emb.weight:
         state.pop("lm_head.weight")  # tied: stored once, as tok_emb.weight
     layers = [n for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
-    settings = {"format": FORMAT, "version": 1, "config": dataclasses.asdict(model.config),
+    settings = {"format": FORMAT, "version": 1, "config": model.config.to_dict(),
                 "quantization": dict(model.quantization), "layers": layers,
                 "dtype": str(model.tok_emb.weight.dtype).removeprefix("torch.")}  # fmt: skip
     folder = Path(folder)

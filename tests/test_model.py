@@ -331,3 +331,30 @@ def test_a_zero_width_is_blamed_on_d_model_not_on_the_derived_mlp_width():
         GPTConfig(d_model=0)
     with pytest.raises(ValueError, match="n_head must be a positive integer, got 0"):
         GPTConfig(n_head=0)
+
+
+def test_a_head_size_apart_from_d_model_over_n_head(tmp_path):
+    # GPTConfig.d_head: 3 heads of size 8 in a width-32 model (what removing a head from a 4-head model leaves)
+    from minillm.memory import kv_cache_bytes
+
+    config = GPTConfig(vocab_size=40, context_length=16, d_model=32, n_layer=2, n_head=3, d_head=8)
+    model = GPT(config).eval()
+    attn = model.blocks[0].attn
+    assert attn.qkv.weight.shape == (3 * 3 * 8, 32) and attn.proj.weight.shape == (32, 3 * 8)
+    x = torch.randint(0, 40, (2, 10))
+    with torch.no_grad():
+        full = model(x)[0]
+        cache = model.new_kv_cache(2, 16)
+        assert cache.k.shape[-1] == 8
+        assert kv_cache_bytes(config, 2, 16) == cache.k.numel() * 4 * 2
+        step = torch.cat([model(x[:, :6], kv_cache=cache)[0], model(x[:, 6:], kv_cache=cache)[0]], dim=1)
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+    # the attention FLOPs count H D, not d_model: 12 n_layer T H D for training, so 8 more tokens of context cost
+    assert model.flops_per_token(16) - model.flops_per_token(8) == 12 * 2 * 8 * 3 * 8
+    model.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["d_head"] == 8
+    torch.testing.assert_close(GPT.load(tmp_path / "m")(x)[0], full, atol=0, rtol=0)
+    # a config without d_head writes none (old folders and run digests stay as they were)
+    assert "d_head" not in GPTConfig(vocab_size=40, context_length=16, d_model=32, n_layer=1, n_head=4).to_dict()
+    with pytest.raises(ValueError, match="d_head"):
+        GPTConfig(vocab_size=40, d_model=32, n_head=4, d_head=0)

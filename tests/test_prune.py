@@ -28,12 +28,6 @@ from minillm.prune import (
 )
 from minillm.tokenizer import CharTokenizer
 
-HAS_D_HEAD = "d_head" in {f.name for f in dataclasses.fields(GPTConfig)}
-#: Removing heads from a whole GPT needs GPTConfig.d_head (a kept head keeps its size D while n_head falls); until
-#: the config has it, these tests run and must fail with exactly prune_structured's ConfigError (strict: once the
-#: field lands they pass, and the marker must go).
-needs_d_head = pytest.mark.xfail(not HAS_D_HEAD, raises=ConfigError, strict=True,
-                                 reason="removing heads from a whole GPT needs GPTConfig.d_head")
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 
 
@@ -314,7 +308,6 @@ def test_prune_heads_on_one_attention_module_equals_masking_the_heads():
     assert mlp.fc.weight.shape == (3, 32) and mlp.proj.weight.shape == (32, 3) and mlp.fc.out_features == 3
 
 
-@needs_d_head
 @pytest.mark.parametrize("kw", [{}, {"mlp": "swiglu", "norm": "rmsnorm", "bias": False, "positions": "rope"}])
 def test_removing_heads_equals_masking_them_and_the_pruned_model_saves_and_loads(kw, tmp_path):
     model = tiny(**kw)
@@ -342,7 +335,6 @@ def test_removing_heads_equals_masking_them_and_the_pruned_model_saves_and_loads
     assert loaded.config == c
 
 
-@needs_d_head
 def test_fractions_keep_the_most_important_heads_and_neurons():
     model = tiny()
     data = batches(2)
@@ -402,8 +394,8 @@ def test_bad_structured_inputs():
         prune_structured(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.skipif(HAS_D_HEAD, reason="GPTConfig has d_head: heads can be removed from a whole GPT")
-def test_removing_heads_from_a_whole_gpt_without_a_d_head_field_says_why():
-    with pytest.raises(ConfigError, match="no d_head field"):
-        prune_structured(tiny(), heads_to_keep={0: [0, 1], 1: [0, 1]})
-    assert pruned_config(tiny().config, 4, 20).d_ff == 20
+def test_pruned_config_keeps_the_head_size():
+    config = tiny().config
+    pruned = pruned_config(config, 2, 20)
+    assert (pruned.n_head, pruned.d_head, pruned.head_dim, pruned.d_ff) == (2, config.head_dim, config.head_dim, 20)
+    assert pruned_config(config, config.n_head, 20).d_head is None  # no head removed: D stays derived
