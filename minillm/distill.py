@@ -71,15 +71,15 @@ def distillation_loss(
                           f"(same vocabulary), got {got}")  # fmt: skip
     v = student_logits.size(-1)
     flat_targets = targets.reshape(-1)  # (N,)
+    keep = flat_targets != -100  # (N,)
+    if not bool(keep.any()):
+        raise DataError("every target is -100 (ignored): the loss of an empty set of positions is undefined")
     loss = torch.zeros((), device=student_logits.device)
     if alpha < 1:  # hard term: the model's own loss, F.cross_entropy over float32 logits
         ce = F.cross_entropy(student_logits.float().reshape(-1, v), flat_targets, ignore_index=-100)
         if alpha == 0:
             return ce
         loss = (1 - alpha) * ce
-    keep = flat_targets != -100  # (N,)
-    if not bool(keep.any()):
-        raise DataError("every target is -100 (ignored): the loss of an empty set of positions is undefined")
     log_q = F.log_softmax(student_logits.float().reshape(-1, v)[keep] / temperature, dim=-1)  # student (n, V)
     log_p = F.log_softmax(teacher_logits.float().reshape(-1, v)[keep] / temperature, dim=-1)  # teacher (n, V)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()  # mean over kept positions of sum_v p log(p / q)

@@ -206,6 +206,9 @@ def kv_cache_bytes(config: GPTConfig, batch_size: int = 1, seq_len: int | None =
 def max_kv_batch(config: GPTConfig, memory_bytes: int, seq_len: int | None = None, kv_format: str = "fp32",
                  weight_bytes: int = 0) -> int:  # fmt: skip
     """How many sequences of `seq_len` tokens fit their KV caches in `memory_bytes` after `weight_bytes` of weights."""
+    for name, value in (("memory_bytes", memory_bytes), ("weight_bytes", weight_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be an int >= 0 (bytes), got {value!r}")
     room = memory_bytes - weight_bytes
     per_sequence = kv_cache_bytes(config, 1, seq_len, kv_format)
     return max(0, room // per_sequence)

@@ -198,7 +198,7 @@ def _verify(guesses: torch.Tensor, q: torch.Tensor | None, logits: torch.Tensor,
         if u < p[i, d] / q[i, d]:  # accepted with probability min(1, p/q); q[i, d] > 0 since d was drawn from it
             continue
         residual = (p[i] - q[i]).clamp(min=0.0)  # (V,) where the target wants more than the draft gave
-        if residual.sum() <= 0:  # p == q up to rounding; a rejection is then (nearly) impossible
+        if residual.sum() <= 0:  # p <= q everywhere, so p == q: a rejection happens only by rounding
             residual = p[i]
         return i, torch.multinomial(residual, 1, generator=generator)[0]  # multinomial normalizes
     return n, torch.multinomial(p[n], 1, generator=generator)[0]  # all kept: a bonus token from p_{n+1}

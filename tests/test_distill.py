@@ -107,8 +107,9 @@ def test_distillation_loss_bad_inputs():
         distillation_loss(student, None, targets, alpha=0.5)
     with pytest.raises(ConfigError, match="targets"):
         distillation_loss(student, teacher, targets[:, :3])
-    with pytest.raises(DataError, match="-100"):
-        distillation_loss(student, teacher, torch.full_like(targets, -100))
+    for alpha in (0.0, 0.5, 1.0):  # every position ignored: an error whichever terms are computed (not a NaN)
+        with pytest.raises(DataError, match="-100"):
+            distillation_loss(student, teacher, torch.full_like(targets, -100), alpha=alpha)
 
 
 # ---------------------------------------------------------------------------

@@ -144,6 +144,9 @@ def test_max_kv_batch_and_bad_kv_arguments():
     assert max_kv_batch(config, 10 * one + one // 2) == 10
     assert max_kv_batch(config, 10 * one, weight_bytes=3 * one) == 7
     assert max_kv_batch(config, one, weight_bytes=2 * one) == 0
+    for bad in [dict(memory_bytes=1e9), dict(memory_bytes=-1), dict(weight_bytes=0.5), dict(memory_bytes=True)]:
+        with pytest.raises(ConfigError, match="bytes"):
+            max_kv_batch(config, **{"memory_bytes": 10 * one, **bad})
     for bad in [dict(kv_format="int4"), dict(batch_size=0), dict(seq_len=33), dict(seq_len=0), dict(batch_size=1.5),
                 dict(batch_size=True)]:
         with pytest.raises(ConfigError):
