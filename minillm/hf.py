@@ -100,8 +100,8 @@ def _hf_config(config: GPTConfig, tokenizer: BPETokenizer | None, dtype: str) ->
     """The `config.json` of `config`; raises ConfigError naming what Hugging Face cannot express."""
     c = config
     if c.positions == "learned" and c.n_head * c.head_dim != c.d_model:
-        raise ConfigError(f"Hugging Face's GPT-2 has heads of size n_embd / n_head; this model's {c.n_head} heads of "
-                          f"size {c.head_dim} (d_head) do not add up to d_model {c.d_model}")
+        raise ConfigError(f"Hugging Face's GPT-2 has heads of size n_embd / n_head; this model has d_head={c.head_dim} "
+                          f"with n_head={c.n_head}, which do not add up to d_model={c.d_model}")
     if c.positions == "learned":
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": c.context_length,
               "n_embd": c.d_model, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ff_width,

@@ -492,8 +492,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"Llama activation {hf['hidden_act']!r} is not supported (only silu)")
         head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
-        if head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise ConfigError("Llama configs with head_dim * num_attention_heads != hidden_size are not supported")
+        d_head = None if head_dim * hf["num_attention_heads"] == hf["hidden_size"] else head_dim  # e.g. a pruned one
         if hf.get("attention_bias", False) != hf.get("mlp_bias", False):
             raise ConfigError("Llama configs with attention_bias != mlp_bias are not supported")
         return GPTConfig(
@@ -502,7 +501,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
             n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"], d_ff=hf["intermediate_size"],
             norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", positions="rope",
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
+            bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False), d_head=d_head,
         )  # fmt: skip
     raise ConfigError(f"model_type {kind!r} is not supported; GPT.from_pretrained reads 'gpt2' and 'llama'")
 

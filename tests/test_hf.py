@@ -66,6 +66,7 @@ MODELS = {
     "llama-gqa-untied": dict(LLAMA, tie_embeddings=False),
     "llama-gqa-tied": dict(LLAMA, tie_embeddings=True),
     "llama-mha-bias": dict(LLAMA, n_kv_head=None, bias=True),
+    "llama-pruned-heads": dict(LLAMA, n_head=2, n_kv_head=None, d_head=16),  # 2 heads of 16 in width 64
 }
 
 
@@ -150,6 +151,7 @@ def test_autotokenizer_gives_minillm_ids(which, tokenizers, tmp_path):
     (dict(norm="rmsnorm"), "norm"),  # GELU with RMSNorm
     (dict(bias=False), "bias"),
     (dict(n_kv_head=2), "n_kv_head"),  # GPT-2 has no grouped-query attention
+    (dict(n_head=2, d_head=16), "d_head"),  # nor heads narrower than n_embd / n_head
     (dict(LLAMA, mlp="gelu"), "mlp"),
     (dict(LLAMA, norm="layernorm"), "norm"),
     (dict(LLAMA, pre_norm=False), "pre_norm"),

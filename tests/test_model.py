@@ -265,19 +265,24 @@ def _hf_gpt2(path):
     return model
 
 
-def _hf_llama(path):
+def _hf_llama(path, **shape):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    shape = {"num_attention_heads": 4, "num_key_value_heads": 2, **shape}
     cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                      rope_theta=500.0, initializer_range=0.2,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+                      max_position_embeddings=32, rope_theta=500.0, initializer_range=0.2,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, **shape)  # fmt: skip
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(path)
     return model
 
 
-@pytest.mark.parametrize("build", [_hf_gpt2, _hf_llama])
+def _hf_llama_small_heads(path):
+    # heads narrower than hidden_size / num_attention_heads (2 heads of 6 in width 32): GPTConfig.d_head
+    return _hf_llama(path, num_attention_heads=2, num_key_value_heads=1, head_dim=6)
+
+
+@pytest.mark.parametrize("build", [_hf_gpt2, _hf_llama, _hf_llama_small_heads])
 def test_from_pretrained_matches_transformers(tmp_path, build):
     hf = build(tmp_path)
     ours = GPT.from_pretrained(tmp_path).eval()
