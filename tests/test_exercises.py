@@ -112,6 +112,28 @@ def test_each_chapter_has_three_exercises_and_solutions_that_check_them(notebook
     assert sorted(set(HEADING.findall(sources(solutions, "markdown")))) == sorted(set(headings))
 
 
+@pytest.mark.parametrize("notebook", CHAPTERS + APPENDICES, ids=lambda p: p.stem)
+def test_an_unsolved_exercise_is_not_attempted(notebook, capsys):
+    """Every graded exercise of every notebook: a stub that raises NotImplementedError, as the exercise cells leave
+    it, is "not attempted" (False, no exception); in the appendix a body of `...` after a docstring is too."""
+
+    def raising(*args, **kwargs):
+        raise NotImplementedError
+
+    def dots(*args, **kwargs):
+        """A body of `...`."""
+        ...
+
+    stubs = [raising] + ([dots] if notebook in APPENDICES else [])
+    code = sources(notebook, "code")
+    graded = sorted(set(CHECK.findall(code)))
+    for id in graded:
+        pair = re.search(rf"check\([\"']{re.escape(id)}[\"'],\s*\(([^)]*)\)", code)  # e.g. (split_heads, merge_heads)
+        size = len(pair.group(1).split(",")) if pair else 0
+        assert all(check(id, (stub,) * size if size else stub) is False for stub in stubs)
+    assert capsys.readouterr().out.count("not attempted yet") == len(stubs) * len(graded)
+
+
 def chapter_counts(notebook: Path) -> tuple[int, int, int]:
     """(diagrams embedded, exercises, graded exercises) of a chapter notebook."""
     diagrams = len(re.findall(r"!\[[^\]]*\]\(figures/[^)]+\.svg\)", sources(notebook, "markdown")))

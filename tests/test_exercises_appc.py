@@ -365,20 +365,6 @@ def test_the_checks_leave_the_random_states_alone():
 # -- the stubs ---------------------------------------------------------------------------------
 
 
-def test_stubs_are_not_attempted(capsys):
-    def stub(*args, **kwargs):
-        """A body of `...` (after a docstring), as the appendix's exercise cells may leave it."""
-        ...
-
-    def raising(*args, **kwargs):
-        raise NotImplementedError
-
-    for id in ("C.1", "C.2", "C.3", "C.4"):
-        assert check(id, stub) is False
-        assert check(id, raising) is False
-    assert capsys.readouterr().out.count("not attempted yet") == 8
-
-
 def test_an_answer_that_forgets_to_return_is_wrong_not_unattempted():
     def forgets_return(lengths, max_len):
         mask = key_mask_right(lengths, max_len)  # noqa: F841

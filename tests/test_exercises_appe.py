@@ -365,20 +365,6 @@ def test_the_checks_leave_the_random_states_alone():
     assert random.getstate() == py_state
 
 
-def test_stubs_are_not_attempted(capsys):
-    def stub(*args, **kwargs):
-        """A body of `...` (after a docstring), as the appendix's exercise cells may leave it."""
-        ...
-
-    def raising(*args, **kwargs):
-        raise NotImplementedError
-
-    for id in RIGHT:
-        assert check(id, stub) is False
-        assert check(id, raising) is False
-    assert capsys.readouterr().out.count("not attempted yet") == 2 * len(RIGHT)
-
-
 def test_an_answer_that_forgets_to_return_is_wrong_not_unattempted():
     def forgets_return(rewards):
         advantages = advantages_right(rewards)  # noqa: F841
