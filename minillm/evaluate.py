@@ -137,6 +137,16 @@ def perplexity(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor | np
     _check_batch_size(batch_size)
     device, was_training = _device(model), model.training
     model.eval()
+    try:
+        total, count = _scored_windows(model, ids, windows, batch_size, device, progress)
+    finally:
+        model.train(was_training)
+    return Perplexity(float(total) / count, count)
+
+
+def _scored_windows(model: torch.nn.Module, ids: torch.Tensor, windows: list, batch_size: int, device: torch.device,
+                    progress: bool) -> tuple[torch.Tensor, int]:
+    """(summed next-token loss, scored tokens) of `perplexity`'s windows, `batch_size` windows at a time."""
     total = torch.zeros((), dtype=torch.float64)
     count = 0
     batches = range(0, len(windows), batch_size)
@@ -154,8 +164,7 @@ def perplexity(model: torch.nn.Module, tokens: Sequence[int] | torch.Tensor | np
                               reduction="sum")  # fmt: skip
         total += nll.double().cpu()
         count += int((y != -100).sum())
-    model.train(was_training)
-    return Perplexity(float(total) / count, count)
+    return total, count
 
 
 def unigram_perplexity(train_tokens: Sequence[int], eval_tokens: Sequence[int], vocab_size: int,

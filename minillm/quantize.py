@@ -211,8 +211,10 @@ class QuantizedLinear(nn.Module):
     in the layer's float dtype, G = 1 (per-channel, `group_size` None) or
     in / group_size; `zero` uint8 (out, G) for zero-point only. `bias` stays a
     float parameter. The forward pass dequantizes the weight and calls
-    `F.linear`: this saves memory, not FLOPs (on a CPU it is a little slower
-    than the float layer). Build one with `from_linear`.
+    `F.linear`: this saves memory, not FLOPs, and every call rebuilds the whole
+    weight (int4 also unpacks it), so decoding at batch size 1 is slower than with
+    the float layer (about 1.4x for int8 and 4x for int4 in appendix B's
+    measurements on a CPU). Build one with `from_linear`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 8,

@@ -345,3 +345,18 @@ def test_benchmark_runs(capsys):
     assert main(["--limit", "2", "--batch-size", "4", "--device", "cpu", "--n-layer", "1", "--d-model", "64"]) == 0
     out = capsys.readouterr().out
     assert "examples/s" in out and "same answers" in out
+
+
+def test_perplexity_puts_the_training_flag_back_even_when_the_model_fails():
+    model = GPT(GPTConfig(vocab_size=20, context_length=8, d_model=16, n_layer=1, n_head=2)).train()
+    calls = []
+
+    def fail_on_the_second_batch(module, args):
+        calls.append(module.training)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+
+    model.register_forward_pre_hook(fail_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        perplexity(model, torch.randint(0, 20, (64,)), batch_size=2)
+    assert calls == [False, False] and model.training  # evaluated in eval mode, and put back

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scaling": "minillm.bench.scaling",
     "gpu": "minillm.bench.gpu",
     "serve": "minillm.bench.serve",
+    "compress": "minillm.bench.compress",
 }
 
 
