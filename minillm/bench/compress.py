@@ -69,10 +69,23 @@ import torch
 from torch import nn
 
 from minillm.bench import environment
+from minillm.checkpoint import save_model_folder
+from minillm.corpus import curated_stdlib, encode_documents, spread_sample
+from minillm.device import resolve_device
+from minillm.errors import ConfigError
+from minillm.evaluate import perplexity
+from minillm.fileio import atomic_write
 from minillm.generate import generate
+from minillm.memory import kv_cache_bytes
 from minillm.model import GPT, GPTConfig
+from minillm.monitor import device_peak_flops
+from minillm.pretrained import book_model
+from minillm.prune import neuron_importance, prune_structured
 from minillm.quantize import QuantizedLinear, model_bytes, pack_int4, quantize, quantize_tensor, save_quantized
 from minillm.speculative import speculative_generate
+from minillm.tokenizer import CharTokenizer
+from minillm.tokens import get_batch
+
 
 GROUP_SIZES = (128, 64, 32)
 SPECULATIVE_K = (2, 4, 6)
@@ -119,7 +132,6 @@ def quantize_per_tensor(model: GPT, bits: int = 8) -> GPT:
 
 def prune_mlp(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], keep: float) -> GPT:
     """A copy of `model` with the `keep` fraction of most important MLP neurons of each block (no retraining)."""
-    from minillm.prune import neuron_importance, prune_structured
 
     scores = neuron_importance(model, batches)
     pruned = prune_structured(model, neurons_to_keep=keep, neuron_scores=scores)
@@ -143,7 +155,6 @@ def folder_bytes(path: Path) -> int:
 
 def disk_bytes(model: GPT, tokenizer: Any) -> int:
     """Bytes of the folder a model is saved as (`save_quantized` or `save_model_folder`), tokenizer included."""
-    from minillm.checkpoint import save_model_folder
 
     with tempfile.TemporaryDirectory(prefix="minillm-compress-") as tmp:
         if getattr(model, "quantization", None):
@@ -190,8 +201,6 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
     Returns one dict per row (see the module docstring; `status` is "ok" or
     "skipped (why)"). The fp32 row comes first; ratios are against it.
     """
-    from minillm.evaluate import perplexity
-    from minillm.memory import kv_cache_bytes
 
     device = prompt.device
     ctx = model.config.context_length
@@ -351,9 +360,6 @@ def book_inputs(device: torch.device, seed: int = 0):
     followed by <|endoftext|>. The prompt's source: the tokens from the first `def` at
     the start of a line in those files (so the decode writes code, not a license header).
     """
-    from minillm.corpus import curated_stdlib, encode_documents, spread_sample
-    from minillm.pretrained import book_model
-    from minillm.tokens import get_batch
 
     model, tok = book_model()
     model = model.to(device).eval()
@@ -370,7 +376,6 @@ def book_inputs(device: torch.device, seed: int = 0):
 def tiny_inputs(device: torch.device, seed: int = 0):
     """`book_inputs`' five, tiny: a random GPT (2 layers, width 64, MLP 256, context 64), a character
     tokenizer, random tokens (held out and the prompt's source alike) and two random batches."""
-    from minillm.tokenizer import CharTokenizer
 
     tok = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,:;()[]=+-*/_\n0123456789")
     torch.manual_seed(seed)
@@ -401,10 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: a tiny random model
     args = parser.parse_args(argv)
-    from minillm.device import resolve_device
-    from minillm.errors import ConfigError
-    from minillm.fileio import atomic_write
-    from minillm.monitor import device_peak_flops
 
     try:
         device = resolve_device(args.device)
@@ -414,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tokens must be >= 2, --new-tokens, --prompt-len and --repeats >= 1")
     if not 0 < args.prune_keep < 1:
         parser.error("--prune-keep must be in (0, 1)")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
