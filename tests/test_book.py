@@ -248,7 +248,7 @@ def test_book_config_is_the_book_preset_and_the_gpu_scale_changes_only_book_gpu(
     assert pretrained.book_config().data == CURATED_STDLIB
     gpu = pretrained.book_config("gpu")
     changed = set(preset_config("book").differences(gpu))
-    assert changed - {"n_kv_head", "d_ff"} <= set(pretrained.BOOK_GPU)  # those two follow n_head and d_model
+    assert changed - {"n_kv_head", "d_ff", "d_head"} <= set(pretrained.BOOK_GPU)  # those follow n_head and d_model
     flat = {**gpu.to_dict()["model"], **gpu.to_dict()}  # the run's vocab_size, not the model placeholder
     assert all(flat[k] == v for k, v in pretrained.BOOK_GPU.items())
     monkeypatch.setenv("MINILLM_BOOK_SCALE", "gpu")

@@ -82,6 +82,7 @@ SETTING_HELP = {
     "n_head": "attention heads per block",
     "n_kv_head": "key/value heads: none = n_head; fewer = grouped-query attention; 1 = multi-query",
     "d_ff": "MLP width (none: 4*d_model for gelu, 8/3*d_model rounded up to 256 for swiglu)",
+    "d_head": "size of each attention head (none: d_model / n_head; a model whose heads were pruned keeps theirs)",
     "norm": "normalization layer",
     "norm_eps": "epsilon of the normalization",
     "mlp": "MLP of each block",
