@@ -99,10 +99,10 @@ def export_hf(model: GPT, directory: str | os.PathLike, tokenizer: Tokenizer | N
 def _hf_config(config: GPTConfig, tokenizer: BPETokenizer | None, dtype: str) -> dict:
     """The `config.json` of `config`; raises ConfigError naming what Hugging Face cannot express."""
     c = config
-    if c.positions == "learned" and c.n_head * c.head_dim != c.d_model:
-        raise ConfigError(f"Hugging Face's GPT-2 has heads of size n_embd / n_head; this model has d_head={c.head_dim} "
-                          f"with n_head={c.n_head}, which do not add up to d_model={c.d_model}")
     if c.positions == "learned":
+        if c.n_head * c.head_dim != c.d_model:
+            raise ConfigError(f"Hugging Face's GPT-2 has heads of size n_embd / n_head; this model has "
+                              f"d_head={c.head_dim} with n_head={c.n_head}, which do not add up to d_model={c.d_model}")
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": c.context_length,
               "n_embd": c.d_model, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ff_width,
               "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,

@@ -97,7 +97,7 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         """D, the size of each attention head: `d_head`, or d_model // n_head when that is None."""
-        return self.d_model // self.n_head if self.d_head is None else self.d_head
+        return self.attention().head_dim
 
     def to_dict(self) -> dict:
         """The fields as a dict, `d_head` left out while it is None (so configs, and the digests of runs,
