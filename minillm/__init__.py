@@ -52,6 +52,9 @@ module                what it is for                                            
 ``prune``             magnitude pruning, and heads and neurons removed for good    B
 ``distill``           knowledge distillation: a student taught by a teacher        B
 ``speculative``       speculative decoding: a draft proposes, the target verifies  B
+``codedata``          code-model data: docstring -> code pairs, fill-in-the-middle D
+``codeeval``          HumanEval/MBPP by running code: programs, pass@k             D
+``sandbox``           running untrusted code: a process, limits, namespaces        D
 ``errors``            the exceptions a user's mistake raises (``MinillmError``)    all
 ``fileio``            crash-safe (atomic) file writes                              all
 ``cli``               ``python -m minillm ...``: every command                     all
@@ -136,6 +139,15 @@ _EXPORTS: dict[str, str] = {
     "QuantizedLinear": "quantize",
     "load_quantized": "quantize",
     "speculative_generate": "speculative",
+    # the code model, judged by running its code (appendix D)
+    "CodeTask": "codeeval",
+    "load_code_task": "codeeval",
+    "generate_samples": "codeeval",
+    "evaluate_samples": "codeeval",
+    "pass_at_k": "codeeval",
+    "run_code": "sandbox",
+    "function_pairs": "codedata",
+    "code_tasks": "synthetic",
     # what training costs (chapter 00)
     "scaling": "",
     # errors (all chapters)

@@ -337,6 +337,16 @@ def download(name: str) -> Path:
 # ---------------------------------------------------------------------------
 
 
+def data_file(name: str, path: str | os.PathLike | None, relative: str) -> Path:
+    """The file a loader reads: `path` if the user gave one (it must exist), else `relative` in `download(name)`."""
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass the {name} file laid out as in the data mirror")
+        return path
+    return download(name) / relative
+
+
 def stdlib_dir() -> Path:
     """The running interpreter's standard-library folder (``sysconfig`` "stdlib")."""
     return Path(sysconfig.get_paths()["stdlib"])
@@ -402,7 +412,7 @@ def read_text(name: str, split: str | None = None) -> str:
 
 
 _MMLU_COLUMNS = ["question", "A", "B", "C", "D", "answer"]
-_MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+MBPP_TASK_IDS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 
 
 def _one(split: str, *files: str) -> Callable[[Path, str | None], dict[str, list[str]]]:
@@ -521,7 +531,7 @@ def load(name: str, split: str | None = None, subset: str | None = None, progres
         if name == "mbpp":
             full = ds["full"]
             ds = datasets.DatasetDict({sp: full.filter(lambda r, lo=lo, hi=hi: lo <= r["task_id"] <= hi)
-                                       for sp, (lo, hi) in _MBPP_SPLITS.items()})
+                                       for sp, (lo, hi) in MBPP_TASK_IDS.items()})
     if split is None:
         return ds
     if split not in ds:

@@ -22,12 +22,14 @@ why chapter 08 also scores held-out instructions by exact match.
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from minillm.evaluate import binomial_stderr
 from minillm.batching import decode_together
+from minillm.codedata import documented_functions
 from minillm.errors import DataError
 from minillm.generate import TextDecoder, stream_text
 from minillm.instruct import generate_response
@@ -44,23 +46,10 @@ def function_prompts(docs: Iterable[str], max_chars: int = 400, limit: int | Non
     saw in training (it would then mostly write a blank line and leave the function).
     Files that do not parse are skipped; prompts longer than `max_chars` are left
     out (the book model sees 128 tokens: a long prompt would leave little room for the body).
+    The rule lives in `minillm.codedata.documented_functions` (appendix D's pairs use it too).
     """
-    prompts = []
-    for doc in docs:
-        try:
-            tree = ast.parse(doc)
-        except (SyntaxError, ValueError):
-            continue
-        lines = doc.split("\n")
-        for node in tree.body:
-            if (isinstance(node, ast.FunctionDef) and not node.decorator_list and len(node.body) > 1
-                    and ast.get_docstring(node) is not None):  # fmt: skip
-                prompt = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno])
-                if len(prompt) <= max_chars:
-                    prompts.append(prompt)
-                    if limit is not None and len(prompts) == limit:
-                        return prompts
-    return prompts
+    prompts = (pair.prompt for pair in documented_functions(docs) if len(pair.prompt) <= max_chars)
+    return list(itertools.islice(prompts, limit if limit is not None and limit > 0 else None))
 
 
 def function_body(text: str) -> tuple[str, bool]:

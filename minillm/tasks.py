@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minillm.data import download
+from minillm.data import data_file
 from minillm.errors import DataError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -126,22 +126,13 @@ def _hellaswag_text(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def _source(name: str, path: str | os.PathLike | None, relative: str) -> Path:
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; pass the {name} file laid out as in the data mirror")
-        return path
-    return download(name) / relative
-
-
 def load_hellaswag(path: str | os.PathLike | None = None, limit: int | None = None) -> list[MCExample]:
     """HellaSwag validation (10,042 items): pick the ending of a short activity description.
 
     Context ``"{activity_label}: {ctx}"``, continuations ``" {ending}"``, as in
     lm-evaluation-harness. `path`: a file to read instead of the data layer's.
     """
-    path = _source("hellaswag", path, "hellaswag_val.jsonl")
+    path = data_file("hellaswag", path, "hellaswag_val.jsonl")
     out = []
     for line, row in _jsonl(path):
         endings = row.get("endings")
@@ -177,7 +168,7 @@ def load_arc(subset: str = "ARC-Easy", split: str = "test", path: str | os.PathL
         raise DataError(f"subset must be one of {subsets}, got {subset!r}")
     if split not in splits:
         raise DataError(f"split must be one of {sorted(splits)}, got {split!r}")
-    path = _source("arc", path, f"{subset}/{subset}-{splits[split]}.jsonl")
+    path = data_file("arc", path, f"{subset}/{subset}-{splits[split]}.jsonl")
     out = []
     for line, row in _jsonl(path):
         q = row.get("question")
@@ -215,7 +206,7 @@ def _mmlu_rows(path: Path) -> list[tuple[str, list[str], int]]:
 
 def mmlu_subjects(root: str | os.PathLike | None = None) -> list[str]:
     """The 57 MMLU subject names (from the test file names), sorted."""
-    root = _source("mmlu", root, "")
+    root = data_file("mmlu", root, "")
     return sorted(p.name[: -len("_test.csv")] for p in (root / "test").glob("*_test.csv"))
 
 
@@ -237,7 +228,7 @@ def load_mmlu(split: str = "test", subjects: list[str] | None = None, k_shot: in
         raise DataError(f"split must be one of {sorted(folders)}, got {split!r}")
     if not 0 <= k_shot <= 5:
         raise DataError(f"k_shot must be 0-5 (the dev split has 5 questions per subject), got {k_shot}")
-    root = _source("mmlu", root, "")
+    root = data_file("mmlu", root, "")
     known = mmlu_subjects(root)
     unknown = sorted(set(subjects or []) - set(known))
     if unknown:
@@ -269,7 +260,7 @@ def load_truthfulqa_mc(path: str | os.PathLike | None = None, limit: int | None 
     ``"Q: {question}\\nA:"``. The choices are shuffled with a fixed `seed`
     (the file lists the best answer first, which would favour "A" in letter prompts).
     """
-    path = _source("truthfulqa", path, "TruthfulQA.csv")
+    path = data_file("truthfulqa", path, "TruthfulQA.csv")
     rng = random.Random(seed)
     out, columns = [], None
     for line, fields in _csv(path, encoding="utf-8-sig"):

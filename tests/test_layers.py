@@ -24,12 +24,12 @@ from pathlib import Path
 import minillm
 
 LAYERS: dict[int, tuple[str, ...]] = {
-    0: ("errors", "fileio", "device", "scaling"),  # utilities
-    1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks", "synthetic"),  # data
+    0: ("errors", "fileio", "device", "scaling", "sandbox"),  # utilities
+    1: ("data", "tokenizer", "tokens", "quality", "dedup", "pii", "curation", "tasks", "synthetic", "codedata"),  # data
     2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
-    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "prune", "distill", "speculative"),  # loops
+    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "prune", "distill", "speculative", "codeeval"),  # loops
     6: ("cli", "bench", "diagrams", "exercises", "serve", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

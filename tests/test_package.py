@@ -38,7 +38,8 @@ def test_the_public_names_are_the_ones_builders_reach_for():
         "write_shards", "TrainConfig", "preset_config", "prepare_corpus", "open_corpus", "TrainResult",
         "load_model", "save_checkpoint", "load_checkpoint", "pretrained_tiny", "book_model", "book_run", "book_config", "book_scale", "curated_stdlib", "list_tasks", "export_hf", "complete",
         "stream_text", "scaling", "FamilyConfig", "MaskedLM", "EncoderClassifier", "Seq2SeqLM", "QuantizedLinear", "load_quantized",
-        "speculative_generate", *errors.__all__,
+        "speculative_generate", "CodeTask", "load_code_task", "generate_samples", "evaluate_samples", "pass_at_k",
+        "run_code", "function_pairs", "code_tasks", *errors.__all__,
     }  # fmt: skip
     assert set(minillm.__all__) == expected
     assert minillm.__all__ == sorted(minillm.__all__)

@@ -6,7 +6,8 @@ argparse code. Each command is a thin layer: parse, call the library, print.
 * `minillm.cli.data`: `prepare`, `datasets`, `curate` (chapters 01-02);
 * `minillm.cli.train`: `train`, `generate`, `quickstart` (chapters 04-06);
 * `minillm.cli.finetune`: `finetune` (chapter 07);
-* `minillm.cli.evaluate`: `evaluate` (chapter 08);
+* `minillm.cli.evaluate`: `evaluate`, `skills` (chapters 05, 08);
+* `minillm.cli.code`: `evaluate-code`, HumanEval/MBPP pass@k (appendix D);
 * `minillm.cli.export`: `export` (chapter 05);
 * `minillm.cli.serve`: `serve` (appendix C);
 * `minillm.cli.common`: what they share (the parser class, rank-0 output, logging).
@@ -28,12 +29,12 @@ from __future__ import annotations
 
 import sys
 
-from minillm.cli import data, evaluate, export, finetune, serve, train
+from minillm.cli import code, data, evaluate, export, finetune, serve, train
 from minillm.cli.common import Parser, UsageError, logging_to_stderr
 from minillm.errors import MinillmError
 
 #: The modules whose `add_commands(subparsers)` register the commands, in the order `--help` lists them.
-COMMAND_MODULES = (data, train, finetune, evaluate, export, serve)
+COMMAND_MODULES = (data, train, finetune, evaluate, code, export, serve)
 
 
 def build_parser() -> Parser:
