@@ -25,7 +25,7 @@ from minillm.fileio import atomic_write
 
 NAME = re.compile(r"^(\d\d|[A-E])_[a-z0-9_]+$")
 #: The modules that register diagrams, in book order.
-CHAPTER_MODULES = tuple(f"ch{n:02d}" for n in range(9)) + ("appa", "appb", "appc", "appe")
+CHAPTER_MODULES = tuple(f"ch{n:02d}" for n in range(9)) + ("appa", "appb", "appc", "appd", "appe")
 
 DIAGRAMS: dict[str, Callable[[], Diagram]] = {}
 
