@@ -119,10 +119,10 @@ def _code_end(completion: str, suite: str) -> int | None:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of each non-empty line of a JSON Lines file (gzipped when it ends in .gz)."""
+    """(line number, object) of each non-empty line of a JSON Lines file (gzipped when it ends in .gz; a BOM is skipped)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
             for number, text in enumerate(fh, start=1):
                 if not text.strip():
                     continue
@@ -130,6 +130,8 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     row = json.loads(text)
                 except json.JSONDecodeError as err:
                     raise DataError(f"{path}: line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+                except (ValueError, RecursionError) as err:  # a number of over 4300 digits, arrays nested too deep
+                    raise DataError(f"{path}: line {number}: unreadable JSON ({err})") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
                 yield number, row

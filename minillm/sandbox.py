@@ -104,12 +104,13 @@ class Limits:
 
     def __post_init__(self) -> None:
         timeout = self.timeout_s
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigError(f"Limits.timeout_s must be a positive, finite number of seconds, got {timeout!r}")
+        # upper bounds: what the sandbox's alarm (a C int of seconds) and the kernel's limits (CPU time in 64-bit ns) hold
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:
+            raise ConfigError(f"Limits.timeout_s must be a positive number of seconds up to 1e9, got {timeout!r}")
         for name in ("cpu_s", "memory_bytes", "file_bytes", "processes", "disk_bytes", "output_chars"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Limits.{name} must be a positive whole number, got {value!r}")
+            value, (most, shown) = getattr(self, name), (10**9, "1e9") if name == "cpu_s" else (2**62, "2**62")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ConfigError(f"Limits.{name} must be a whole number from 1 to {shown}, got {value!r}")
         for name in ("network", "guard"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"Limits.{name} must be True or False, got {getattr(self, name)!r}")
@@ -501,7 +502,8 @@ def _run_program(config: dict, nonce: str, source: str) -> None:
             traceback.print_exception(type(error), error, error.__traceback__.tb_next)  # from the program's frame on
         except BaseException:
             pass  # e.g. the output is at RLIMIT_FSIZE
-        report(status="failed", error=f"{type(error).__name__}: {text}" if text else type(error).__name__)
+        # at most 1000 characters (as the parent keeps): a report longer than the pipe's buffer would block until the deadline
+        report(status="failed", error=(f"{type(error).__name__}: {text}" if text else type(error).__name__)[:1000])
         exit_now(1)
     try:
         sys.__stdout__.flush()

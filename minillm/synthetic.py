@@ -122,6 +122,14 @@ def _code_input(kind: str, rng: random.Random, k: int, edge: bool) -> object:
     return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
 
 
+def _code_prompt(template: str, k: int, arg: str) -> tuple[str, str]:
+    """(function name, prompt) of a template with constant `k` and argument `arg`."""
+    stem, doc, *_ = _CODE_TEMPLATES[template]
+    c = chr(ord("a") + k)
+    name = stem.format(k=k, c=c)
+    return name, f'def {name}({arg}):\n    """{doc.format(a=arg, k=k, c=c)}"""'
+
+
 def code_tasks(n: int, seed: int = 0, templates: tuple[str, ...] | None = None, n_tests: int = 4,
                exclude: set[str] | None = None) -> list[dict]:  # fmt: skip
     """`n` generated function-writing tasks in HumanEval's format, drawn with `seed` (reproducible).
@@ -144,9 +152,12 @@ def code_tasks(n: int, seed: int = 0, templates: tuple[str, ...] | None = None, 
     unknown = [t for t in names if t not in _CODE_TEMPLATES]
     if unknown:
         raise DataError(f"unknown templates {unknown}; choose from {sorted(_CODE_TEMPLATES)}")
-    if n < 0 or n_tests < 1:
-        raise DataError(f"need n >= 0 and n_tests >= 1; got n={n}, n_tests={n_tests}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, n_tests)) or n < 0 or n_tests < 1:
+        raise DataError(f"need whole numbers n >= 0 and n_tests >= 1; got n={n!r}, n_tests={n_tests!r}")
     rng, rows, seen = random.Random(seed), [], set(exclude or ())
+    possible = {_code_prompt(t, k, a)[1] for t in names for k in range(1, 10) for a in _ARGS[_CODE_TEMPLATES[t][3]]}
+    if n > len(possible - seen):  # at once, not after n * 100 draws
+        raise DataError(f"only {len(possible - seen)} distinct tasks exist for these settings, {n} were asked for")
     for _ in range(n * 100):
         if len(rows) == n:
             break
@@ -154,8 +165,7 @@ def code_tasks(n: int, seed: int = 0, templates: tuple[str, ...] | None = None, 
         stem, doc, body, kind, answer = _CODE_TEMPLATES[template]
         k, arg = rng.randint(1, 9), rng.choice(_ARGS[kind])
         c = chr(ord("a") + k)
-        name = stem.format(k=k, c=c)
-        prompt = f'def {name}({arg}):\n    """{doc.format(a=arg, k=k, c=c)}"""'
+        name, prompt = _code_prompt(template, k, arg)
         if prompt in seen:
             continue
         seen.add(prompt)

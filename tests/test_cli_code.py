@@ -90,6 +90,15 @@ def test_bad_input_is_error_exit_2(tmp_path, capsys):
         assert "error: " in err and message in err, (argv, err)
 
 
+def test_an_unwritable_out_is_an_error_before_anything_runs(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr("minillm.codeeval.run_many", lambda *args, **kwargs: ran.append(args))
+    one = write_jsonl(tmp_path / "one.jsonl", [{"task_id": "HumanEval/0", "completion": "    return 1\n"}])
+    out = tmp_path / "one.jsonl" / "results.jsonl"  # under a file: no folder can be made there
+    assert main(["evaluate-code", "--task", "humaneval", "--samples", one, "--out", str(out), "--no-progress"]) == 2
+    assert f"error: cannot write the results to {out}" in capsys.readouterr().err and ran == []
+
+
 def test_a_saved_model_writes_the_samples_first(tmp_path, capsys):
     tasks = load_mbpp("prompt")
     tok = BPETokenizer.train("".join(t.prompt + t.reference for t in tasks), vocab_size=300)

@@ -259,6 +259,12 @@ def test_samples_files_are_read_with_line_numbers_in_errors(tmp_path):
     path.write_bytes(b'{"task_id": "\xff"}\n')
     with pytest.raises(DataError, match="UTF-8"):
         read_samples(path)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n")  # a BOM, as Windows editors write
+    assert read_samples(path) == rows
+    for junk in (b"[" * 100_000 + b"]" * 100_000, b"9" * 5000):  # too deep, too many digits: DataError, not a traceback
+        path.write_bytes(b'{"task_id": "HumanEval/0", "completion": "x", "extra": ' + junk + b"}\n")
+        with pytest.raises(DataError, match="line 1: unreadable JSON"):
+            read_samples(path)
     with pytest.raises(FileNotFoundError):
         read_samples(tmp_path / "none.jsonl")
 

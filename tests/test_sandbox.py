@@ -92,6 +92,18 @@ def test_an_assertion_failure_is_failed_with_its_message_and_traceback():
     assert 'File "<program>", line 3' in outcome.output and "assert f() == 2" in outcome.output
 
 
+def test_a_huge_error_message_is_failed_not_timed_out():
+    # the report of an error longer than the report pipe's buffer (64 KiB) once blocked until the deadline
+    outcome = run_code("raise ValueError('x' * 100_000)\n", QUICK)
+    assert (outcome.status, outcome.error) == ("failed", "ValueError: " + "x" * 988)
+
+
+def test_the_largest_limits_run():
+    # a timeout past a C int of seconds once crashed the sandbox's alarm, so every sample "crashed"
+    limits = Limits(timeout_s=1e9, cpu_s=10**9, memory_bytes=2**62, file_bytes=2**62, processes=2**62, disk_bytes=2**62)
+    assert run_code("import time\ntime.sleep(0.5)\n", limits).passed
+
+
 def test_a_syntax_error_is_failed():
     outcome = run_code("def f(:\n    pass\n", QUICK)
     assert outcome.status == "failed" and outcome.error.startswith("SyntaxError: ")
@@ -279,6 +291,9 @@ def test_work_folders_are_removed_however_the_run_ends(private_tempdir):
         lambda: Limits(timeout_s=-1),
         lambda: Limits(timeout_s=float("nan")),
         lambda: Limits(timeout_s=float("inf")),
+        lambda: Limits(timeout_s=1e10),
+        lambda: Limits(memory_bytes=2**64),
+        lambda: Limits(cpu_s=2**40),
         lambda: Limits(cpu_s=0),
         lambda: Limits(memory_bytes=-5),
         lambda: Limits(processes=True),

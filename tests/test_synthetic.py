@@ -81,3 +81,8 @@ def test_bad_settings_are_clear_errors():
         code_tasks(3, n_tests=0)
     with pytest.raises(DataError, match="distinct tasks exist"):
         code_tasks(10, templates=("sum",))  # 4 argument names: 4 distinct prompts
+    for bad in ({"n": 1.5}, {"n": "3"}, {"n": None}, {"n": 2, "n_tests": 2.5}):
+        with pytest.raises(DataError, match="whole numbers"):
+            code_tasks(**bad)
+    with pytest.raises(DataError, match="only 532 distinct tasks exist"):
+        code_tasks(10**9)  # at once: it once drew n * 100 times first

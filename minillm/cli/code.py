@@ -88,25 +88,39 @@ def run_evaluate_code(args: argparse.Namespace) -> int:
             raise ConfigError("give --samples FILE.jsonl to score, or --checkpoint DIR to generate samples first")
         if args.limit is not None:
             raise ConfigError("--limit picks the tasks to generate for; use it with --checkpoint")
-        path = Path(args.samples)
-        samples = read_samples(path)
-    else:
-        path = Path(args.samples or f"{args.task}_samples.jsonl")
+        samples = read_samples(args.samples)
+    path = Path(args.samples or f"{args.task}_samples.jsonl")
+    out = Path(args.out) if args.out else path.with_name(f"{path.stem}_results.jsonl")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of a JSONL file")
+    _check_writable(out, "the results", "--out")  # now, not after all the runs
+    if args.checkpoint is not None:
+        _check_writable(path, "the samples", "--samples")
         samples = _generate(args, tasks[: args.limit], path)
         tasks = tasks[: args.limit]
     ks = args.k
     if ks is None:
         fewest = min(Counter(s["task_id"] for s in samples).values())
         ks = [k for k in (1, 10, 100) if k <= fewest]
-    out = Path(args.out) if args.out else path.with_name(f"{path.stem}_results.jsonl")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give the path of a JSONL file")
     limits = Limits(timeout_s=args.timeout, cpu_s=max(1, math.ceil(args.timeout)))
     report = evaluate_samples(tasks, samples, ks, limits=limits, workers=args.workers, progress=not args.no_progress)
     print(report)
     results, summary = write_results(report, out)
     print(f"wrote {results} and {summary}")
     return 0
+
+
+def _check_writable(path: Path, what: str, option: str) -> None:
+    """ConfigError if `path`'s folder cannot take a new file (it is made if missing), before any work is done."""
+    import tempfile
+
+    from minillm.errors import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as err:
+        raise ConfigError(f"cannot write {what} to {path} ({err.strerror or err}); give {option} a writable path") from None
 
 
 def _generate(args: argparse.Namespace, tasks: list, path: Path) -> list[dict]:
