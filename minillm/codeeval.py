@@ -34,18 +34,17 @@ tokens its model never saw (`prompt_tokens_dropped`).
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from minillm.batching import decode_together
-from minillm.data import MBPP_TASK_IDS, data_file
+from minillm.data import MBPP_TASK_IDS, data_file, jsonl_objects
 from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write
 from minillm.generate import TextDecoder
@@ -118,27 +117,6 @@ def _code_end(completion: str, suite: str) -> int | None:
 # ---------------------------------------------------------------------------
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of each non-empty line of a JSON Lines file (gzipped when it ends in .gz; a BOM is skipped)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8-sig") as fh:
-            for number, text in enumerate(fh, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
-                except (ValueError, RecursionError) as err:  # a number of over 4300 digits, arrays nested too deep
-                    raise DataError(f"{path}: line {number}: unreadable JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-                yield number, row
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
-        raise DataError(f"{path}: not readable as UTF-8 JSON Lines ({err})") from None
-
-
 def _field(path: Path, line: int, row: dict, key: str, kind: type = str, empty: bool = False) -> Any:
     value = row.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) or (not empty and not value):
@@ -151,7 +129,7 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[CodeTask]:
     """HumanEval's 164 tasks (`path`: a HumanEval.jsonl(.gz) to read instead of the data layer's)."""
     path = data_file("humaneval", path, "HumanEval.jsonl.gz")
     tasks = []
-    for line, row in _rows(path):
+    for line, row in jsonl_objects(path):
         f = {k: _field(path, line, row, k) for k in ("task_id", "prompt", "entry_point", "canonical_solution", "test")}
         tasks.append(CodeTask("humaneval", f["task_id"], f["prompt"], f["test"], f["canonical_solution"],
                               entry_point=f["entry_point"]))  # fmt: skip
@@ -174,7 +152,7 @@ def load_mbpp(split: str = "test", path: str | os.PathLike | None = None) -> lis
     low, high = MBPP_TASK_IDS.get(split, (1, 10**9))
     path = data_file("mbpp", path, "mbpp.jsonl")
     tasks = []
-    for line, row in _rows(path):
+    for line, row in jsonl_objects(path):
         number = _field(path, line, row, "task_id", int)
         tests = _field(path, line, row, "test_list", list)
         if not all(isinstance(t, str) and t.strip() for t in tests):
@@ -233,7 +211,7 @@ def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"no samples file {path}")
     samples = []
-    for line, row in _rows(path):
+    for line, row in jsonl_objects(path):
         for key in ("task_id", "completion"):
             if key not in row:
                 raise DataError(f"{path}: line {line}: no {key!r} field (each line needs 'task_id' and 'completion')")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import difflib
+import gzip
 import hashlib
 import json
 import logging
@@ -345,6 +346,29 @@ def data_file(name: str, path: str | os.PathLike | None, relative: str) -> Path:
             raise FileNotFoundError(f"{path} does not exist; pass the {name} file laid out as in the data mirror")
         return path
     return download(name) / relative
+
+
+def jsonl_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-empty line of a JSON Lines file (gzipped when it ends in .gz; a BOM is
+    skipped). A line that is not a JSON object raises a DataError naming the file and the line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as fh:
+            for number, text in enumerate(fh, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}: line {number}: invalid JSON ({err.msg} at column {err.colno})") from None
+                except (ValueError, RecursionError) as err:  # a number of over 4300 digits, arrays nested too deep
+                    raise DataError(f"{path}: line {number}: unreadable JSON ({err})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
+                yield number, row
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as err:
+        raise DataError(f"{path}: not readable as UTF-8 JSON Lines ({err})") from None
 
 
 def stdlib_dir() -> Path:

@@ -16,14 +16,13 @@ words it):
 | `mmlu`          | header + k dev shots + "Question: ..."    | " {answer}" (4)         | 14,042 test          |
 | `truthfulqa-mc` | "Q: {q}\\nA:"                             | best vs incorrect (2-13)| 817                  |
 
-A malformed row raises `ValueError` naming the file and line, so a corrupted
+A malformed row raises `DataError` (a `ValueError`) naming the file and line, so a corrupted
 download never turns silently into a wrong score.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import re
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minillm.data import data_file
+from minillm.data import data_file, jsonl_objects
 from minillm.errors import DataError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -81,23 +80,8 @@ def letter_prompt(example: MCExample, with_shots: bool = True) -> str:
     return f"{example.header}{shots}{block(example)}"
 
 
-def _fail(path: Path, line: int, message: str) -> ValueError:
-    return ValueError(f"{path}:{line}: {message}; the file is malformed (re-download it, or fix that row)")
-
-
-def _jsonl(path: Path):
-    """(line number, object) for each non-empty line of a JSON Lines file."""
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise _fail(path, number, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise _fail(path, number, f"expected a JSON object, got {type(row).__name__}")
-            yield number, row
+def _fail(path: Path, line: int, message: str) -> DataError:
+    return DataError(f"{path}: line {line}: {message}; the file is malformed (re-download it, or fix that row)")
 
 
 def _csv(path: Path, encoding: str = "utf-8"):
@@ -134,7 +118,7 @@ def load_hellaswag(path: str | os.PathLike | None = None, limit: int | None = No
     """
     path = data_file("hellaswag", path, "hellaswag_val.jsonl")
     out = []
-    for line, row in _jsonl(path):
+    for line, row in jsonl_objects(path):
         endings = row.get("endings")
         if not isinstance(endings, list) or len(endings) != 4:
             raise _fail(path, line, f"'endings' must be a list of 4 strings, got {endings!r}")
@@ -170,7 +154,7 @@ def load_arc(subset: str = "ARC-Easy", split: str = "test", path: str | os.PathL
         raise DataError(f"split must be one of {sorted(splits)}, got {split!r}")
     path = data_file("arc", path, f"{subset}/{subset}-{splits[split]}.jsonl")
     out = []
-    for line, row in _jsonl(path):
+    for line, row in jsonl_objects(path):
         q = row.get("question")
         if not isinstance(q, dict) or not isinstance(q.get("choices"), list) or len(q["choices"]) < 2:
             raise _fail(path, line, "'question' must be an object with 'stem' and a list of >= 2 'choices'")

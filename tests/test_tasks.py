@@ -114,10 +114,10 @@ def _copy_with(src, dst, line: int, replacement: str):
 def test_hellaswag_malformed(tmp_path):
     src = data.download("hellaswag") / "hellaswag_val.jsonl"
     bad = _copy_with(src, tmp_path / "h.jsonl", 3, '{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 7}\n')
-    with pytest.raises(ValueError, match=rf"{bad}:3: 'label' must be 0-3"):
+    with pytest.raises(ValueError, match=rf"{bad}: line 3: 'label' must be 0-3"):
         load_hellaswag(bad)
     bad = _copy_with(src, tmp_path / "h2.jsonl", 5, '{"ctx": "x", "endings": ["a"\n')
-    with pytest.raises(ValueError, match=rf"{bad}:5: invalid JSON"):
+    with pytest.raises(ValueError, match=rf"{bad}: line 5: invalid JSON"):
         load_hellaswag(bad)
     with pytest.raises(FileNotFoundError):
         load_hellaswag(tmp_path / "none.jsonl")
@@ -128,7 +128,7 @@ def test_arc_malformed(tmp_path):
     row = '{"id": "x", "question": {"stem": "Why?", "choices": [{"text": "a", "label": "A"}, ' \
           '{"text": "b", "label": "B"}]}, "answerKey": "C"}\n'  # fmt: skip
     bad = _copy_with(src, tmp_path / "a.jsonl", 10, row)
-    with pytest.raises(ValueError, match=rf"{bad}:10: answerKey 'C' is not one of"):
+    with pytest.raises(ValueError, match=rf"{bad}: line 10: answerKey 'C' is not one of"):
         load_arc(path=bad)
 
 
@@ -139,11 +139,11 @@ def test_mmlu_malformed(tmp_path):
     text = path.read_text(encoding="utf-8").splitlines(keepends=True)
     text[1] = "A question,one,two,three,four,E\n"
     path.write_text("".join(text), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: answer must be A, B, C or D, got 'E'"):
+    with pytest.raises(ValueError, match=rf"{path}: line 2: answer must be A, B, C or D, got 'E'"):
         load_mmlu(root=root, subjects=["anatomy"])
     text[1] = "A question,one,two,B\n"
     path.write_text("".join(text), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{path}:2: expected 6 columns"):
+    with pytest.raises(ValueError, match=rf"{path}: line 2: expected 6 columns"):
         load_mmlu(root=root, subjects=["anatomy"])
 
 
@@ -153,5 +153,5 @@ def test_truthfulqa_malformed(tmp_path):
     lines[4] = "Adversarial,Misconceptions,Why?,,a,b,src\n"  # empty Best Answer on line 5
     bad = tmp_path / "t.csv"
     bad.write_text("".join(lines), encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"{bad}:5: 'Best Answer' must be a non-empty string"):
+    with pytest.raises(ValueError, match=rf"{bad}: line 5: 'Best Answer' must be a non-empty string"):
         load_truthfulqa_mc(bad)

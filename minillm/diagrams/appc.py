@@ -23,7 +23,7 @@ import torch
 from minillm import serve
 from minillm.batching import Request, SlotKVCache
 from minillm.diagrams import diagram
-from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram
+from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, text_runs, text_width
 from minillm.diagrams.kit import cell as _cell
 from minillm.diagrams.kit import pale as _pale
 from minillm.generate import TextDecoder
@@ -95,19 +95,8 @@ def _rejections() -> dict[str, tuple[int, str]]:
             "timeout": caught(serve._ended, "timeout", config.request_timeout)}
 
 
-def _width(d: Diagram, s: str, size: float = 9) -> float:
-    """How wide `s` is drawn at `size` points, in inches (measured by matplotlib's renderer)."""
-    t = d.ax.text(0, 0, s, fontsize=size, family="DejaVu Sans")
-    w = t.get_window_extent(d.fig.canvas.get_renderer()).width / d.fig.dpi
-    t.remove()
-    return w
 
 
-def _runs(d: Diagram, x: float, y: float, runs, size: float = 9) -> None:
-    """Text pieces [(text, colour)] written one after another from x (one line in several colours)."""
-    for s, color in runs:
-        d.text(x, y, s, size=size, color=color, ha="left")
-        x += _width(d, s, size)
 
 
 def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: float = 0.22) -> None:
@@ -386,7 +375,7 @@ def prefill_decode() -> Diagram:
     placed = simulate(ARRIVALS, SLOTS)
     # the request that waits longest (the longer one on a tie) is the one drawn
     r = max(range(len(ARRIVALS)), key=lambda i: (placed[i][1] - ARRIVALS[i][0], ARRIVALS[i][1]))
-    (arrival, n), (slot, start) = ARRIVALS[r], placed[r]
+    (arrival, _), (slot, start) = ARRIVALS[r], placed[r]
     steps = _summary(ARRIVALS, placed)[0]
     rows = [sum(st <= t < st + m for (_, m), (_, st) in zip(ARRIVALS, placed)) for t in range(steps)]
     name = chr(ord("A") + r)
@@ -471,7 +460,7 @@ def chat_template() -> Diagram:
         d.box(0.15, y, 2.5, 0.46, kind="data")
         d.text(0.25, y + 0.32, m["role"], size=9, ha="left", weight="bold")
         before, marker, _ = m["content"].partition("<|end|>")
-        _runs(d, 0.25, y + 0.12, [(before, INK), (marker, ACCENT)])
+        text_runs(d, 0.25, y + 0.12, [(before, INK), (marker, ACCENT)])
     d.arrow((2.72, top - 1.1), (3.15, top - 1.1))
     d.text(3.2, top + 0.15, "format_chat(messages): the text", size=10, weight="bold", ha="left")
     lines = text.rstrip("\n").split("\n")
@@ -484,7 +473,7 @@ def chat_template() -> Diagram:
         for part in rest.replace("<|", "\0<|").replace("|>", "|>\0").split("\0"):
             if part:
                 runs.append((part, MARKER if part in tok.special_tokens else INK))
-        _runs(d, 3.3, top - 0.14 - 0.21 * k, runs)
+        text_runs(d, 3.3, top - 0.14 - 0.21 * k, runs)
     d.text(box.x, box.y - 0.18, "the system message's text opens the next user turn", size=9, color=MUTED, ha="left")
     # the ids, wrapped: a marker is one special id, everything else ordinary BPE tokens
     d.text(0.15, 2.4, f"encode_chat(messages, tokenizer): {len(ids)} token ids", size=10, weight="bold", ha="left")
@@ -495,7 +484,7 @@ def chat_template() -> Diagram:
     for i in ids:
         piece = tok.decode([i])
         label = markers.get(i, _shown(piece))
-        w = max(_width(d, label) + 0.1, 0.24)
+        w = max(text_width(d, label) + 0.1, 0.24)
         if x + w > 7.15:
             x, y = 0.15, y - 0.57
         typed = i not in markers and typed_at <= at < typed_at + len("<|end|>")

@@ -36,7 +36,7 @@ from matplotlib import patches
 from minillm.codedata import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, encode_pairs, fim_split, function_pairs, to_fim
 from minillm.codeeval import CodeTask, pass_at_k, program
 from minillm.diagrams import diagram
-from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, cell, pale
+from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, cell, pale, text_runs, text_width
 from minillm.instruct import IGNORE_INDEX, instruction_collate
 from minillm.sandbox import NOBODY, Limits, Outcome, run_code, run_many
 from minillm.tokenizer import ENDOFTEXT, BPETokenizer
@@ -85,21 +85,8 @@ LOOP_TIMEOUT_S = 1.0
 # ---------------------------------------------------------------------------
 
 
-def _width(d: Diagram, s: str, size: float = 9, weight: str = "normal") -> float:
-    """How wide `s` is drawn at `size` points, in inches (measured by matplotlib's renderer)."""
-    t = d.ax.text(0, 0, s, fontsize=size, family="DejaVu Sans", fontweight=weight)
-    w = t.get_window_extent(d.fig.canvas.get_renderer()).width / d.fig.dpi
-    t.remove()
-    return w
 
 
-def _runs(d: Diagram, x: float, y: float, runs, size: float = 9) -> float:
-    """Text pieces [(text, colour)] written one after another from x; returns where the line ends."""
-    for s, color in runs:
-        d.text(x, y, s, size=size, color=color, ha="left")
-        x += _width(d, s, size)
-    assert x < d.width - 0.05, f"runs out of the figure: {runs}"
-    return x
 
 
 def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: float = 0.2, size: float = 9,
@@ -108,7 +95,7 @@ def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: floa
     for k, line in enumerate(lines):
         d.text(x, y - step * k, line, size=size, color=color, ha=ha)
         if ha == "left":
-            assert x + _width(d, line, size) < d.width - 0.05, f"runs out of the figure: {line!r}"
+            assert x + text_width(d, line, size) < d.width - 0.05, f"runs out of the figure: {line!r}"
 
 
 def _shown(piece: str) -> str:
@@ -136,7 +123,7 @@ def _code(d: Diagram, x: float, y: float, spans, step: float = 0.21, fills: dict
             if k:
                 cx, cy = x, cy - step
             if part:
-                w = _width(d, part)
+                w = text_width(d, part)
                 if fills and color in fills:
                     d.ax.add_patch(patches.Rectangle((cx, cy - step / 2), w, step, fc=fills[color], ec="none"))
                 d.text(cx, cy, part, size=9, color=color, ha="left")
@@ -146,7 +133,7 @@ def _code(d: Diagram, x: float, y: float, spans, step: float = 0.21, fills: dict
 
 def _sentinel(d: Diagram, x: float, y: float, name: str, h: float = 0.3) -> float:
     """A special token as one cell (purple edge, as the chat markers of appendix C); returns its right end."""
-    w = _width(d, name) + 0.1
+    w = text_width(d, name) + 0.1
     cell(d, x, y, w, h, name, fill="white", edge=MARKER, color=MARKER, lw=1.4)
     return x + w
 
@@ -154,7 +141,7 @@ def _sentinel(d: Diagram, x: float, y: float, name: str, h: float = 0.3) -> floa
 def _piece(d: Diagram, x: float, y: float, text: str, color: str, h: float = 0.3) -> float:
     """A piece of text (newlines shown as ↵) on a pale band of `color`; returns its right end."""
     shown = text.replace("\n", "↵")
-    w = _width(d, shown) + 0.06
+    w = text_width(d, shown) + 0.06
     cell(d, x, y, w, h, "", fill=pale(color, 0.8), edge=color, lw=0.8)
     d.text(x + 0.03, y + h / 2, shown, size=9, color=INK, ha="left")
     return x + w
@@ -201,7 +188,7 @@ def pairs() -> Diagram:
     rows, row, x = [], [], x0
     for j, i in enumerate(ids):
         label = ENDOFTEXT if i == eot else _shown(tok.decode([i]))
-        w = max(0.3, _width(d, label) + 0.1)
+        w = max(0.3, text_width(d, label) + 0.1)
         if x + w > x_max:
             rows.append(row)
             row, x = [], x0
@@ -407,12 +394,12 @@ def sandbox() -> Diagram:
         ty = y + h - pad - 0.08
         d.text(x + 0.12, ty, f"{k + 1}. {name}", size=10, weight="bold", ha="left")
         _lines(d, x + 0.12, ty - step - 0.02, notes, color=INK, step=step)
-        xa = xs + max(_width(d, threat) for threat, _ in stops) + 0.14  # the band's arrows, one column
+        xa = xs + max(text_width(d, threat) for threat, _ in stops) + 0.14  # the band's arrows, one column
         for m, (threat, how) in enumerate(stops):
             d.text(xs, ty - step * m, threat, size=9, color=ACCENT, ha="left")
             d.text(xa, ty - step * m, "→", size=9, color=MUTED)
             d.text(xa + 0.14, ty - step * m, how, size=9, color=INK, ha="left")
-            assert xa + 0.14 + _width(d, how) < x + w - 0.08, (threat, how)
+            assert xa + 0.14 + text_width(d, how) < x + w - 0.08, (threat, how)
         x, y, w, h = x + inset, y + 0.06, w - 2 * inset, h - band - 0.06
     box = d.box(x + 0.1, y + pad, w - 0.2, core, kind="warn")
     d.text(box.center[0], box.center[1], "the program: prompt + completion + tests, run by exec", size=10)
@@ -436,11 +423,11 @@ def outcomes() -> Diagram:
         y = top - 0.35 - step * k
         d.text(cols[0], y, what, size=9, color=MUTED, ha="left")
         d.text(cols[1], y, src, size=9, ha="left")
-        assert cols[1] + _width(d, src) < cols[2] - 0.05, src
+        assert cols[1] + text_width(d, src) < cols[2] - 0.05, src
         _status(d, cols[2], y - 0.13, outcome, h=0.26)
         error = outcome.error.split(": ")[0] if outcome.error.startswith("PermissionError") else outcome.error
         d.text(cols[3], y, error or "—", size=9, color=MUTED, ha="left")  # the guard's message: its type only
-        assert cols[3] + _width(d, error) < d.width - 0.05, error
+        assert cols[3] + text_width(d, error) < d.width - 0.05, error
     assert found[LOOP[1]].error == f"timed out after {LOOP_TIMEOUT_S:g} s"
     _lines(d, 0.15, top - 0.35 - step * len(rows) - 0.05, (
         "passed only if the source ran to its end: a random nonce, sent on stdin, comes back on a pipe only after",
@@ -494,10 +481,10 @@ def pass_at_k_pairs() -> Diagram:
         d.text(x + pw, y - 0.17, "a pass" if hit else "none", size=9, color=PASS if hit else MUTED)
     # the numbers
     y = 1.75
-    _runs(d, 0.15, y, ((f"{len(hits)} of {len(subsets)} pairs hold a passing sample: ", INK),
+    text_runs(d, 0.15, y, ((f"{len(hits)} of {len(subsets)} pairs hold a passing sample: ", INK),
                        (f"{len(hits) / len(subsets):.2f} = pass_at_k({n}, {c}, {k}) = "
                         f"1 − C({n - c}, {k}) / C({n}, {k})", PASS)), size=10)
-    _runs(d, 0.15, y - 0.3, (("naive: 1 − (1 − c/n)^k = ", INK), (f"1 − {1 - c / n:g}² = {naive:.2f}", FAIL),
+    text_runs(d, 0.15, y - 0.3, (("naive: 1 − (1 − c/n)^k = ", INK), (f"1 − {1 - c / n:g}² = {naive:.2f}", FAIL),
                              ("  as if a draw could repeat a sample; biased low", MUTED)), size=10)
     # pass@k for every k
     ty = 0.95

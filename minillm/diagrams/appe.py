@@ -36,7 +36,7 @@ from matplotlib import patches
 
 from minillm.align import exact_match_reward, length_reward, looks_like_answer_reward, response_batch, sequence_logprobs
 from minillm.diagrams import diagram
-from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, cell, pale
+from minillm.diagrams.kit import ACCENT, INK, MUTED, SERIES, STYLE, Diagram, cell, pale, text_width
 from minillm.dpo import DPOConfig, PreferencePair, dpo_loss, train_dpo
 from minillm.grpo import GRPOConfig, group_advantages, grpo_loss
 from minillm.instruct import add_special_tokens
@@ -141,12 +141,6 @@ def _group() -> tuple[list[str], list[float], list[float]]:
 # ---------------------------------------------------------------------------
 
 
-def _width(d: Diagram, s: str, size: float = 9) -> float:
-    """How wide `s` is drawn at `size` points, in inches (measured by matplotlib's renderer)."""
-    t = d.ax.text(0, 0, s, fontsize=size, family="DejaVu Sans")
-    w = t.get_window_extent(d.fig.canvas.get_renderer()).width / d.fig.dpi
-    t.remove()
-    return w
 
 
 def _lines(d: Diagram, x: float, y: float, lines, color: str = MUTED, step: float = 0.21, size: float = 9,
@@ -258,7 +252,7 @@ def response_logprob() -> Diagram:
     ch, x0 = 0.3, 0.95
     xs, x = {}, x0 + 0.55  # the elided prompt (one cell), then its last token, then the response
     for t in range(n_prompt - 1, T):
-        w = max(0.335, max(_width(d, label(r, t)) for r in range(2)) + 0.1)
+        w = max(0.335, max(text_width(d, label(r, t)) for r in range(2)) + 0.1)
         xs[t], x = (x, w), x + w + 0.03
     rows_y = (2.45, 1.55)
     names = ("chosen", "rejected")

@@ -17,6 +17,10 @@ same across the book:
   salt, no date in the metadata). A diagram that draws numbers computed by
   PyTorch rounds them first: their last bits depend on the CPU's vector kernels.
 
+Helpers shared by the diagram modules: `cell` (a square-cornered labelled cell), `pale`
+(a colour mixed with white), `text_width` (a string's drawn width) and `text_runs` (one
+line in several colours).
+
 Used by the per-chapter diagram modules (``minillm.diagrams.chNN``), drawn by
 ``python -m minillm.diagrams`` into ``chapters/figures/``.
 """
@@ -232,3 +236,21 @@ def pale(color: str, amount: float) -> str:
     """`color` mixed with white: `amount` 0 keeps it, 1 gives white."""
     r, g, b = colors.to_rgb(color)
     return colors.to_hex((r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount))
+
+
+def text_width(d: Diagram, s: str, size: float = 9, weight: str = "normal") -> float:
+    """How wide `s` is drawn at `size` points, in inches (measured by matplotlib's renderer)."""
+    t = d.ax.text(0, 0, s, fontsize=size, family="DejaVu Sans", fontweight=weight)
+    w = t.get_window_extent(d.fig.canvas.get_renderer()).width / d.fig.dpi
+    t.remove()
+    return w
+
+
+def text_runs(d: Diagram, x: float, y: float, runs, size: float = 9) -> float:
+    """Text pieces [(text, colour)] written one after another from x (one line in several colours); returns
+    where the line ends, which must be inside the figure."""
+    for s, color in runs:
+        d.text(x, y, s, size=size, color=color, ha="left")
+        x += text_width(d, s, size)
+    assert x < d.width - 0.05, f"runs out of the figure: {runs}"
+    return x
