@@ -12,7 +12,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minillm.codedata import (FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, CodePair, decontaminate_pairs,
+from minillm.codedata import (FIM_PREFIX, FIM_TOKENS, CodePair, decontaminate_pairs,
                               dedup_pairs, documented_functions, encode_fim, encode_pairs, fim_documents, fim_prompt,
                               fim_split, from_fim, function_pairs, pairs_to_examples, to_fim)  # fmt: skip
 from minillm.dedup import Decontaminator
