@@ -13,6 +13,9 @@ starting from the corpus chapter 01 curated (`minillm.corpus.curated_stdlib`):
   n-gram with HumanEval or MBPP (`minillm.dedup.Decontaminator`), and
   `encode_pairs` turns pairs into the `(ids, prompt length)` items that
   `minillm.instruct.instruction_collate` masks: the loss is only on the body.
+* **License headers.** `strip_license_header(text)` removes a file's leading
+  comment block when it is a copyright or license notice (`license_header`
+  finds it), so that a code model is not taught to write notices.
 * **Fill-in-the-middle** (Bavarian et al. 2022, "Efficient Training of Language
   Models to Fill in the Middle"). A left-to-right model can only append; cut a
   document into prefix, middle and suffix, move the middle to the end behind
@@ -35,6 +38,7 @@ from __future__ import annotations
 import ast
 import math
 import random
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -63,6 +67,52 @@ def _documents(docs: Iterable[str]) -> list[str]:
 def _limit(value: int | None, name: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ConfigError(f"{name} must be a positive int or None, got {value!r}")
+
+
+# ---------------------------------------------------------------------------
+# License headers
+# ---------------------------------------------------------------------------
+
+_NOTICE = re.compile(r"copyright|\(c\)\s*\d{4}|licen[cs]e|all rights reserved|spdx-license-identifier", re.I)
+_PREAMBLE = re.compile(r"#!|#.*coding[:=]")  # a shebang or an encoding cookie: kept, they change how a file runs
+
+
+def _notice_span(text: str) -> tuple[int, int]:
+    """(start, end) characters of the license notice at the top of `text`; start == end if it has none."""
+    _check_text(text)
+    lines = text.splitlines(keepends=True)
+    first = 0
+    while first < min(len(lines), 2) and _PREAMBLE.match(lines[first]):
+        first += 1
+    start = end = position = sum(map(len, lines[:first]))
+    in_notice = False  # inside a comment paragraph that names a copyright or license
+    for line in lines[first:]:
+        if line.strip() and not line.lstrip().startswith("#"):
+            break  # the first line of code ends the comment block
+        position += len(line)
+        in_notice = bool(line.strip()) and (in_notice or bool(_NOTICE.search(line)))
+        if in_notice:
+            end = position  # the notice runs to the end of the last paragraph that names one
+    return start, end
+
+
+def license_header(text: str) -> str:
+    """The copyright or license notice a source file opens with, or "" if it has none.
+
+    The file's leading comment block (after a shebang or an encoding line) is
+    read paragraph by paragraph (blank lines between them); the notice runs
+    from its start to the end of the last paragraph that names a copyright, a
+    license or "all rights reserved". Comments after that stay. Docstrings are
+    left alone: they are code (``__doc__``) and documentation, not a header.
+    """
+    start, end = _notice_span(text)
+    return text[start:end]
+
+
+def strip_license_header(text: str) -> str:
+    """`text` without the notice `license_header` finds and the blank lines after it; else unchanged."""
+    start, end = _notice_span(text)
+    return text if start == end else text[:start] + text[end:].lstrip("\r\n")
 
 
 # ---------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minillm.codedata import (FIM_PREFIX, FIM_TOKENS, CodePair, decontaminate_pairs,
-                              dedup_pairs, documented_functions, encode_fim, encode_pairs, fim_documents, fim_prompt,
-                              fim_split, from_fim, function_pairs, pairs_to_examples, to_fim)  # fmt: skip
+from minillm.codedata import (FIM_PREFIX, FIM_TOKENS, CodePair, decontaminate_pairs, dedup_pairs,
+                              documented_functions, encode_fim, encode_pairs, fim_documents, fim_prompt, fim_split,
+                              from_fim, function_pairs, license_header, pairs_to_examples, strip_license_header,
+                              to_fim)  # fmt: skip
 from minillm.dedup import Decontaminator
 from minillm.errors import ConfigError, DataError
 from minillm.instruct import IGNORE_INDEX, add_special_tokens, instruction_collate
@@ -325,3 +326,38 @@ def test_fim_sentinels_are_single_tokens_after_add_special_tokens(tok):
     assert fim_tok.decode(encode_fim(prompt, fim_tok)) == prompt
     with pytest.raises(DataError, match="add_special_tokens"):
         encode_fim(text, tok)
+
+
+# -- license headers ---------------------------------------------------------------------------------
+
+
+def test_a_license_notice_at_the_top_is_removed_and_the_code_is_untouched():
+    text = ("#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n# Copyright 2001 A. Author. All Rights Reserved.\n"
+            "# Licensed to PSF under a Contributor Agreement.\n\n\"\"\"The module.\"\"\"\nx = 1\n")
+    assert license_header(text) == ("# Copyright 2001 A. Author. All Rights Reserved.\n"
+                                    "# Licensed to PSF under a Contributor Agreement.\n")
+    assert strip_license_header(text) == "#!/usr/bin/env python3\n# -*- coding: utf-8 -*-\n\"\"\"The module.\"\"\"\nx = 1\n"
+
+
+def test_the_notice_ends_with_the_last_paragraph_that_names_one():
+    text = ("# Id: mod.py,v 1.2\n# Author: someone\n\n# ======\n# Copyright 1996 by Someone\n#\n# Permission to use"
+            " is granted.\n# ======\n\n# This module should be kept in sync with the spec.\n\ndef f():\n    pass\n")
+    assert strip_license_header(text) == "# This module should be kept in sync with the spec.\n\ndef f():\n    pass\n"
+    assert license_header(text).endswith("# ======\n") and license_header(text).startswith("# Id:")
+
+
+@pytest.mark.parametrize("text", [
+    "", "x = 1\n", "# a plain comment\nx = 1\n",
+    '"""Docstring: Copyright 2001, all rights reserved."""\nx = 1\n',  # a docstring is documentation, kept
+    "x = 1\n# Copyright 2001 later in the file\n",  # only a notice at the top counts
+    "def f():\n    # License: this comment belongs to the code\n    pass\n",
+])
+def test_files_without_a_notice_at_the_top_are_unchanged(text):
+    assert license_header(text) == "" and strip_license_header(text) == text
+
+
+def test_a_file_that_is_only_a_notice_becomes_empty_and_non_text_is_refused():
+    assert strip_license_header("# SPDX-License-Identifier: MIT\n\n\n") == ""
+    assert strip_license_header("# (c) 2024 Someone\r\n\r\nx = 1\r\n") == "x = 1\r\n"
+    with pytest.raises(DataError):
+        strip_license_header(b"# Copyright")
