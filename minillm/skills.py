@@ -74,7 +74,7 @@ class FunctionAttempt:
 
     prompt: str
     body: str
-    ended: bool  # went back to column 0 within the token budget
+    ended: bool  # went back to column 0, or wrote the end-of-text token, within the token budget
     parses: bool  # ended, has a statement, and prompt + body is valid Python
 
     @property
@@ -117,6 +117,9 @@ class _FunctionWriter:
         """The attempt: decided, or, when the tokens ran out, judged on what was written (a final line may close it)."""
         if self.result is None and not self.decoder.stopped:
             self.push(self.decoder.finish())
+        if self.result is None and self.decoder.stopped:  # the end-of-text token: the file, so the function, ended
+            body = self.text if self.text.endswith("\n") else self.text + "\n"
+            self.result = FunctionAttempt(self.prompt, body, True, check_function(self.prompt, body))
         if self.result is None:
             body, ended = function_body(self.text + "\n")
             self.result = FunctionAttempt(self.prompt, body, ended, ended and check_function(self.prompt, body))

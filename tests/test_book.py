@@ -20,10 +20,10 @@ from minillm.errors import ConfigError, DataError
 from minillm.model import GPT, GPTConfig
 from minillm.monitor import read_metrics
 from minillm.quality import code_quality_failures
-from minillm.skills import (Rate, check_function, exact_match, function_body, function_prompts, write_function,
-                            write_functions)
+from minillm.skills import (FunctionAttempt, Rate, _FunctionWriter, check_function, exact_match, function_body,
+                            function_prompts, write_function, write_functions)
 from minillm.synthetic import TASKS, list_tasks, prompt_key
-from minillm.tokenizer import BPETokenizer
+from minillm.tokenizer import ENDOFTEXT, BPETokenizer
 from minillm.train import train
 
 GOOD = '''"""A module."""
@@ -141,6 +141,20 @@ def test_write_function_with_a_random_model_gives_consistent_verdicts(one_thread
     assert attempt == write_function(model, tok, prompt, max_new_tokens=20, seed=3)  # reproducible
     assert attempt.source == prompt + attempt.body
     assert attempt.parses == (attempt.ended and check_function(prompt, attempt.body))
+
+
+@pytest.mark.parametrize("body", ["\n    return 2 * x\n", "\n    return 2 * x"])
+def test_the_end_of_text_token_ends_the_function(body):
+    """A model that closes the file (<|endoftext|>, as one fine-tuned on whole functions does) has ended it."""
+    tok = BPETokenizer.train(GOOD * 20, 300)
+    end = tok.special_tokens[ENDOFTEXT]
+    prompt = 'def f(x):\n    """Double."""'
+    writer = _FunctionWriter(prompt, tok, frozenset({end}))
+    assert [writer.push_token(t) for t in [*tok.encode_ordinary(body), end]][-1] is True
+    assert writer.finish() == FunctionAttempt(prompt, "\n    return 2 * x\n", True, True)
+    unfinished = _FunctionWriter(prompt, tok, frozenset({end}))  # the tokens ran out: not ended
+    assert not any(unfinished.push_token(t) for t in tok.encode_ordinary(body))
+    assert unfinished.finish().ended is False
 
 
 def _code_model(context: int) -> tuple[GPT, BPETokenizer]:
