@@ -175,8 +175,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 #: Test files that take minutes, started first: the torchrun launches of test_distributed.py
-#: (about 160 s in CI, the longest item of the suite).
-_LONG_TEST_FILES = {"test_distributed.py": 160.0}
+#: (about 160 s in CI, the longest item of the suite), and the website's build and browser test.
+_LONG_TEST_FILES = {"test_distributed.py": 160.0, "test_site.py": 150.0}
 
 
 def _recorded_seconds(path: Path) -> float:

@@ -61,6 +61,7 @@ module                what it is for                                            
 ``bench``             ``python -m minillm.bench ...``: speed, as ratios            all
 ``diagrams``          the book's drawn diagrams (SVG), ``python -m minillm.diagrams``  all
 ``exercises``         the chapters' exercises and their automatic checks          all
+``website``           the book as a website, ``python -m minillm book build``      all
 ====================  ===========================================================  ========
 
 The names below are the ones a builder reaches for most; everything else is

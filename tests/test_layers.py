@@ -30,7 +30,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
     5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "prune", "distill", "speculative", "codeeval"),  # loops
-    6: ("cli", "bench", "diagrams", "exercises", "serve", "__main__", "__init__"),  # applications
+    6: ("cli", "bench", "diagrams", "exercises", "serve", "website", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
 LAZY = frozenset({"cli", "bench", "__init__"})  # units that may import package modules inside functions

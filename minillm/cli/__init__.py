@@ -10,6 +10,7 @@ argparse code. Each command is a thin layer: parse, call the library, print.
 * `minillm.cli.code`: `evaluate-code`, HumanEval/MBPP pass@k (appendix D);
 * `minillm.cli.export`: `export` (chapter 05);
 * `minillm.cli.serve`: `serve` (appendix C);
+* `minillm.cli.book`: `book build`, `book serve`, the book as a website (`minillm.website`);
 * `minillm.cli.common`: what they share (the parser class, rank-0 output, logging).
 
 `python -m minillm --help` imports no torch: a command's handler imports the
@@ -29,12 +30,12 @@ from __future__ import annotations
 
 import sys
 
-from minillm.cli import code, data, evaluate, export, finetune, serve, train
+from minillm.cli import book, code, data, evaluate, export, finetune, serve, train
 from minillm.cli.common import Parser, UsageError, logging_to_stderr
 from minillm.errors import MinillmError
 
 #: The modules whose `add_commands(subparsers)` register the commands, in the order `--help` lists them.
-COMMAND_MODULES = (data, train, finetune, evaluate, code, export, serve)
+COMMAND_MODULES = (data, train, finetune, evaluate, code, export, serve, book)
 
 
 def build_parser() -> Parser:
