@@ -12,15 +12,14 @@ Needs chromium and its driver: `apt-get install -y chromium chromium-driver` (th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 
+from browser import chromium
 from serving import live_server, tiny_folder
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOT = Path("/tmp/chat_page.png")
 MAX_TOKENS = 20
 TIMEOUT = 30  # seconds to wait for the page
@@ -56,23 +55,8 @@ window.fetch = (url, init) => {
 
 @pytest.fixture(scope="module")
 def driver():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(f"the chat page test needs a headless browser, but {', '.join(missing)} is missing: "
-                    "run `apt-get install -y chromium chromium-driver` (as root)", pytrace=False)  # fmt: skip
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=960,720"):
-        options.add_argument(argument)
-    options.binary_location = str(CHROMIUM)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with chromium("the chat page test", "960,720") as browser:
         yield browser
-    finally:
-        browser.quit()
 
 
 @pytest.fixture(scope="module")

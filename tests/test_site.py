@@ -14,7 +14,6 @@ Needs chromium and its driver: `apt-get install -y chromium chromium-driver` (th
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 import httpx
 import pytest
 
+from browser import chromium
 from minillm.cli import main
 from minillm.website import (SiteError, api_modules, api_page, book_pages, build_site, jupyter_math,
                              repository_root, rest_tables_to_markdown)
@@ -33,7 +33,6 @@ from minillm.website import (SiteError, api_modules, api_page, book_pages, build
 # Sphinx 9 deprecations inside the theme and MyST (not ours to fix); they would only crowd the summary.
 pytestmark = pytest.mark.filterwarnings("ignore:.*Check CHANGES for Sphinx API modifications")
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 30  # seconds to wait for a page
 
@@ -110,24 +109,9 @@ def url(site):
 
 @pytest.fixture(scope="module")
 def driver():
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.fail(f"the website test needs a headless browser, but {', '.join(missing)} is missing: "
-                    "run `apt-get install -y chromium chromium-driver` (as root)", pytrace=False)  # fmt: skip
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(argument)
-    options.binary_location = str(CHROMIUM)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    browser.set_script_timeout(TIMEOUT)
-    try:
+    with chromium("the website test", "1280,900") as browser:
+        browser.set_script_timeout(TIMEOUT)
         yield browser
-    finally:
-        browser.quit()
 
 
 def pages(site: Path) -> list[str]:
