@@ -360,12 +360,14 @@ def jupyter_math(markdown: str) -> str:
     would begin a list. Joining the formula's lines (whitespace to LaTeX)
     renders it as Jupyter does.
     """
+    def one_line(text: str) -> str:
+        return _DISPLAY_MATH.sub(lambda m: " ".join(m.group().split("\n")), text)
+
     pieces, start = [], 0
     for fence in _FENCE.finditer(markdown):
-        pieces += [_DISPLAY_MATH.sub(lambda m: " ".join(m.group().split("\n")), markdown[start:fence.start()]),
-                   fence.group()]  # fmt: skip
+        pieces += [one_line(markdown[start:fence.start()]), fence.group()]
         start = fence.end()
-    pieces.append(_DISPLAY_MATH.sub(lambda m: " ".join(m.group().split("\n")), markdown[start:]))
+    pieces.append(one_line(markdown[start:]))
     return "".join(pieces)
 
 
