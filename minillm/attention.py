@@ -322,6 +322,11 @@ class KVCache:
         """Keep batch rows `rows` (B',) in that order: in beam search each beam continues one of the previous ones."""
         self.k, self.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache allocated (`minillm.memory.kv_cache_bytes` for its shape and dtype)."""
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
 
 # ---------------------------------------------------------------------------
 # Multi-head causal self-attention

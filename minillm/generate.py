@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from minillm.attention import KVCache
 from minillm.errors import ConfigError, DataError
 from minillm.model import GPT
 from minillm.tokenizer import ENDOFTEXT, SpecialNames, Tokenizer
@@ -125,6 +126,7 @@ def stream(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    kv_cache: KVCache | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of each sequence, (B,), one step at a time.
 
@@ -134,6 +136,8 @@ def stream(
     `stop_tokens` (a finished sequence repeats its stop token). With `use_cache`
     each step feeds only the newest token through a `KVCache`; past the context
     length both paths re-read the last `context_length` tokens (a sliding window).
+    `kv_cache`: an empty cache to use instead of a new float one (e.g. appendix
+    B's `minillm.quantize_kv.Int8KVCache`), one row per prompt.
     The model runs in eval mode (its training flag is restored afterwards).
     """
     _check(model, idx, max_new_tokens)
@@ -146,7 +150,11 @@ def stream(
     model.eval()
     try:
         tokens = idx
-        cache = model.new_kv_cache(idx.size(0), min(ctx, idx.size(1) + max_new_tokens)) if use_cache else None
+        if kv_cache is not None:
+            _check_given_cache(kv_cache, idx, use_cache)
+            cache = kv_cache
+        else:
+            cache = model.new_kv_cache(idx.size(0), min(ctx, idx.size(1) + max_new_tokens)) if use_cache else None
         feed = tokens[:, -ctx:]  # what the next forward pass reads
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         last = None
@@ -169,6 +177,16 @@ def stream(
         model.train(was_training)
 
 
+def _check_given_cache(cache: KVCache, idx: torch.Tensor, use_cache: bool) -> None:
+    if not use_cache:
+        raise ConfigError("kv_cache was given with use_cache=False; leave one of them out")
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"kv_cache must be a minillm.attention.KVCache, got {type(cache).__name__}")
+    if cache.length != 0 or cache.k.size(1) != idx.size(0):
+        raise ConfigError(f"kv_cache must be empty with one row per prompt ({idx.size(0)}); it holds "
+                          f"{cache.length} positions of {cache.k.size(1)} rows (reset() it, or make a new one)")
+
+
 def generate(
     model: GPT,
     idx: torch.Tensor,
@@ -180,13 +198,15 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    kv_cache: KVCache | None = None,
 ) -> torch.Tensor:
     """Prompt (B, T) -> prompt followed by the generated tokens, (B, T + n), n <= max_new_tokens.
 
     Same arguments as `stream`; n is smaller than `max_new_tokens` when every
     sequence hit a stop token (which is kept in the output).
     """
-    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, seed, use_cache))
+    new = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator, seed, use_cache,
+                      kv_cache))  # fmt: skip
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
