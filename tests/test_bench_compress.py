@@ -16,7 +16,10 @@ from minillm.quantize import QuantizedLinear, model_bytes, quantize, quantize_te
 
 COLUMNS = ["variant", "weights in memory", "on disk", "held-out perplexity", "decode tokens/s", "MFU",
            "greedy = fp32", "KV cache", "acceptance", "tokens / target call"]  # fmt: skip
-QUANTIZED = ["int8 per tensor", "int8 per channel", "int4 per channel", *(f"int4 group {g}" for g in GROUP_SIZES)]
+QUANTIZED = ["int8 per tensor", "int8 per channel", "int8 per channel, int8 kernel (W8A8)", "int4 per channel",
+             *(f"int4 group {g}" for g in GROUP_SIZES)]  # fmt: skip
+PRUNED = 1 + len(QUANTIZED)  # the pruned row's index; speculative decoding's rows follow it
+LAYER_VARIANTS = ["fp32", "int8 per channel, dequantize", "int8 per channel, int8 kernel (W8A8)"]
 
 
 def _positive(row: dict, *keys: str) -> None:
@@ -34,8 +37,8 @@ def test_tiny_run_prints_and_writes_every_row(tmp_path, capsys, one_thread):
     rows = doc["rows"]
     names = [r["variant"] for r in rows]
     assert names[0] == "fp32" and names[1 : 1 + len(QUANTIZED)] == QUANTIZED
-    assert names[7] == "pruned to 128 of 256 MLP neurons, not retrained"
-    assert names[8:] == [f"speculative k={k}, draft int4 group 32" for k in SPECULATIVE_K]
+    assert names[PRUNED] == "pruned to 128 of 256 MLP neurons, not retrained"
+    assert names[PRUNED + 1 :] == [f"speculative k={k}, draft int4 group 32" for k in SPECULATIVE_K]
 
     by_name = dict(zip(names, rows))
     # the tiny model's layers are 64 wide: groups of 128 do not fit, and the row says why
@@ -53,14 +56,19 @@ def test_tiny_run_prints_and_writes_every_row(tmp_path, capsys, one_thread):
     assert fp32["greedy_same_prefix"] == 12 and fp32["same_as_fp32"]
 
     # smaller codes, smaller models: int8 < fp32, int4 < int8; pruning removes half of the MLP
-    for name in QUANTIZED[1:] + [names[7]]:
+    for name in QUANTIZED[1:] + [names[PRUNED]]:
         if by_name[name]["status"] == "ok":
             assert by_name[name]["memory_ratio"] < 1 and by_name[name]["disk_ratio"] < 1
     assert by_name["int4 per channel"]["memory_bytes"] < by_name["int8 per channel"]["memory_bytes"]
     assert by_name["int8 per tensor"]["memory_bytes"] < by_name["int8 per channel"]["memory_bytes"]  # one scale
-    assert by_name[names[7]]["flops_per_token"] < fp32["flops_per_token"]
+    assert by_name[names[PRUNED]]["flops_per_token"] < fp32["flops_per_token"]
+    # the int8 kernel: the same codes and scales as int8 per channel, so the same bytes (on disk, the JSON names
+    # the kernel: "int8" is 6 characters shorter than "dequantize"); a close perplexity
+    int8, kernel = by_name["int8 per channel"], by_name["int8 per channel, int8 kernel (W8A8)"]
+    assert kernel["memory_bytes"] == int8["memory_bytes"] and kernel["disk_bytes"] == int8["disk_bytes"] - 6
+    assert abs(kernel["perplexity_ratio"] - 1) < 0.01
 
-    for r, k in zip(rows[8:], SPECULATIVE_K):  # greedy: exactly the fp32 model's tokens
+    for r, k in zip(rows[PRUNED + 1 :], SPECULATIVE_K):  # greedy: exactly the fp32 model's tokens
         assert r["kind"] == "speculative" and r["same_as_fp32"] and r["greedy_same_prefix"] == 12
         assert 0 <= r["acceptance_rate"] <= 1 and 1 <= r["tokens_per_target_call"] <= k + 1
         assert r["accepted"] + r["target_calls"] == 12
@@ -68,13 +76,24 @@ def test_tiny_run_prints_and_writes_every_row(tmp_path, capsys, one_thread):
         assert r["memory_bytes"] == fp32["memory_bytes"] + by_name["int4 group 32"]["memory_bytes"]
 
     printed = capsys.readouterr().out
-    table = [line for line in printed.splitlines() if line.startswith("|")]
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| variant |"))
+    table = lines[start : start + 2 + len(rows)]
     assert [c.strip() for c in table[0].strip("|").split("|")] == COLUMNS
-    assert len(table) == 2 + len(rows)
+    assert not lines[start + 2 + len(rows)].startswith("|")
     for line in table[2:]:
         assert line.count("|") == len(COLUMNS) + 1
     assert "int4 group 128 | skipped (group 128 does not divide" in printed
     assert "TINY RANDOM model" in printed and "# total" in printed
+
+    # one linear layer timed alone: three variants at batch 1 and 16, and their table
+    layer_rows = doc["layer_rows"]
+    assert [(r["variant"], r["batch"]) for r in layer_rows] == [(v, b) for b in (1, 16) for v in LAYER_VARIANTS]
+    for r in layer_rows:
+        _positive(r, "ms_per_call", "speed_ratio")
+        assert (r["in_features"], r["out_features"]) == (64, 256)
+    assert "| one layer | batch 1, ms per call | batch 16, ms per call |" in printed
+    assert all(f"| {v} | " in printed for v in LAYER_VARIANTS)
 
 
 def test_per_tensor_int8_has_one_scale_per_matrix(one_thread):

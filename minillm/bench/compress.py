@@ -12,6 +12,10 @@ appendix B, measured in one run on the same held-out tokens and the same prompt:
   per-tensor setting for a whole model, so that row is built here: per-tensor codes
   (`quantize_tensor(..., granularity="tensor")`) with their single scale in each
   `QuantizedLinear`;
+* int8 per channel again with the integer kernel (`quantize(..., kernel="int8")`,
+  W8A8): the same codes and scales, the activations rounded to int8 per token on
+  the fly and multiplied as integers (fbgemm's dynamic int8 linear layer on a CPU,
+  `torch._int_mm` on CUDA) instead of dequantized to an fp32 matmul;
 * structured pruning (`minillm.prune.prune_structured`): each block keeps the
   --prune-keep most important MLP neurons by `neuron_importance` (Taylor scores on
   batches of *training* tokens), the others are removed; measured as pruned, WITHOUT
@@ -48,9 +52,15 @@ Columns, each with its ratio to fp32 from the same run:
 * speculative only: acceptance rate (draft guesses kept by the target) and new
   tokens per forward pass of the target.
 
+After the table, one linear layer of GPT-2's MLP shape (768 -> 3072, random
+weights) timed alone at batch 1 and 16 (`layer_timings`): fp32, int8 per channel
+dequantized, int8 kernel; ms per call, the median of --repeats rounds of calls
+after a warm-up, the three taking turns (--tiny: a 64 -> 256 layer).
+
 Everything runs in fp32 (also on CUDA, TF32 off): the rows differ only in the
-weights. `--json PATH` writes the rows. `--tiny` (for tests) swaps the book model
-for a tiny random one and the corpus for random tokens.
+weights (and the int8 kernel row in its arithmetic). `--json PATH` writes the rows.
+`--tiny` (for tests) swaps the book model for a tiny random one and the corpus
+for random tokens.
 """
 
 from __future__ import annotations
@@ -217,6 +227,9 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
                          note="one absmax scale per weight matrix"))  # fmt: skip
     variants.append(dict(variant="int8 per channel", kind="quantized", model=quantize(model, 8),
                          note="one scale per output row"))  # fmt: skip
+    variants.append(dict(variant="int8 per channel, int8 kernel (W8A8)", kind="quantized",
+                         model=quantize(model, 8, kernel="int8"),
+                         note="the same codes; activations int8 per token, an integer matmul"))  # fmt: skip
     variants.append(dict(variant="int4 per channel", kind="quantized", model=quantize(model, 4),
                          note="one scale per output row, two codes a byte"))  # fmt: skip
     for g in group_sizes:
@@ -316,6 +329,45 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
     return rows
 
 
+LAYER_SHAPE = (768, 3072)  # GPT-2 small's MLP up-projection: in, out
+LAYER_BATCHES = (1, 16)
+
+
+def layer_timings(in_features: int = LAYER_SHAPE[0], out_features: int = LAYER_SHAPE[1],
+                  batches: tuple[int, ...] = LAYER_BATCHES, calls: int = 20, repeats: int = 5,
+                  device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:  # fmt: skip
+    """ms per call of one linear layer (random weights, x (batch, in_features)) as fp32, int8 per channel
+    dequantized and int8 kernel: for each batch size the median over `repeats` rounds of `calls` calls, after
+    a warm-up, the three taking turns within each round. One dict per (batch, variant)."""
+
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features).to(device).eval()
+    layers = {"fp32": linear, "int8 per channel, dequantize": QuantizedLinear.from_linear(linear),
+              "int8 per channel, int8 kernel (W8A8)": QuantizedLinear.from_linear(linear, kernel="int8")}  # fmt: skip
+    rows = []
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.randn(batch, in_features, device=device)
+            seconds: dict[str, list[float]] = {name: [] for name in layers}
+            for layer in layers.values():
+                for _ in range(3):
+                    layer(x)
+            for _ in range(repeats):
+                for name, layer in layers.items():
+                    def run(layer: nn.Module = layer) -> None:
+                        for _ in range(calls):
+                            layer(x)
+
+                    seconds[name].append(_timed(run, device)[1] / calls)
+            fp32_ms = 1e3 * float(np.median(seconds["fp32"]))
+            for name, times in seconds.items():
+                ms = 1e3 * float(np.median(times))
+                rows.append(dict(variant=name, in_features=in_features, out_features=out_features, batch=batch,
+                                 ms_per_call=ms, speed_ratio=fp32_ms / ms))  # fmt: skip
+    return rows
+
+
 # ---------------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------------
@@ -343,6 +395,18 @@ def table(rows: list[dict]) -> str:
                  f"{r['tokens_per_s']:.1f} ({r['speed_ratio']:.2f}x)", mfu, same, _size(r["kv_cache_bytes"]),
                  f"{r['acceptance_rate']:.2f}" if spec else "-",
                  f"{r['tokens_per_target_call']:.2f}" if spec else "-"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def layer_table(rows: list[dict]) -> str:
+    """`layer_timings`' rows as a markdown table: ms per call and speed against fp32, one column per batch size."""
+    batches = sorted({r["batch"] for r in rows})
+    lines = ["| one layer " + "".join(f"| batch {b}, ms per call " for b in batches) + "|",
+             "|---" * (1 + len(batches)) + "|"]  # fmt: skip
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        cells = [name] + [f"{r['ms_per_call']:.3f} ({r['speed_ratio']:.2f}x)" for b in batches for r in rows
+                          if r["variant"] == name and r["batch"] == b]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -457,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(model, tok, tokens, prompt, batches, new_tokens=args.new_tokens, repeats=args.repeats,
                    peak=peak, prune_keep=args.prune_keep,
                    log=lambda s: print(f"  {s}", file=sys.stderr, flush=True))  # fmt: skip
+    shape = (64, 256) if args.tiny else LAYER_SHAPE
+    print(f"  one {shape[0]} -> {shape[1]} linear layer ...", file=sys.stderr, flush=True)
+    layer_rows = layer_timings(*shape, repeats=args.repeats, calls=3 if args.tiny else 20, device=device)
     elapsed = time.perf_counter() - t0
     print(table(rows))
     for r in rows:
@@ -464,13 +531,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {r['variant']}: {r['note']}")
     print("# speculative: the fp32 model verifies, the draft proposes k tokens a round; memory and disk count both "
           "models, KV cache both caches; acceptance = guesses kept / proposed")  # fmt: skip
+    print(f"# one linear layer {shape[0]} -> {shape[1]} (random weights), ms per call (x fp32's speed), median "
+          f"of {args.repeats} rounds of {3 if args.tiny else 20} calls:")  # fmt: skip
+    print(layer_table(layer_rows))
     print(f"# total {elapsed:.0f} s")
     if args.json:
         doc = dict(environment=environment(), device=str(device), threads=torch.get_num_threads(), tiny=args.tiny,
                    command="python -m minillm.bench compress " + " ".join(argv if argv is not None else sys.argv[1:]),
                    settings=dict(tokens=args.tokens, new_tokens=args.new_tokens, prompt_len=args.prompt_len,
                                  repeats=args.repeats, prune_keep=args.prune_keep),
-                   peak_flops=peak, peak_source=peak_source, elapsed_s=elapsed, rows=rows)  # fmt: skip
+                   peak_flops=peak, peak_source=peak_source, elapsed_s=elapsed, rows=rows,
+                   layer_rows=layer_rows)  # fmt: skip
         atomic_write(args.json, json.dumps(doc, indent=1) + "\n")
     wrong = [r["variant"] for r in rows if r["kind"] == "speculative" and r["status"] == "ok" and not r["same_as_fp32"]]
     if wrong:
