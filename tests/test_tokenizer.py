@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from minillm import data
 from minillm.errors import ConfigError
 from minillm.tokenizer import (
+    _ASTRAL,
+    GPT2_PATTERN,
     TOKENIZER_FILE,
     BPETokenizer,
     CharTokenizer,
@@ -25,6 +27,7 @@ from minillm.tokenizer import (
     gpt2_bytes_to_unicode,
     load_tokenizer,
     text_to_bytes,
+    _gpt2_pattern_re,
     tokenizer_path,
 )
 
@@ -413,6 +416,162 @@ def test_bpe_equals_textbook_on_random_vocabularies(seed, monkeypatch):
     for tok in variants:
         for piece in pieces:
             assert list(tok._bpe(piece)) == textbook_bpe(tok, piece), piece
+
+
+# --------------------------------- fast paths: whole tokens and the re pre-tokenizer
+def comes_back(tok: BPETokenizer) -> set[int]:
+    """The ids whose bytes the merge loop turns back into themselves (run on every token)
+    and that can be a chunk (valid UTF-8): what the whole-token table must hold."""
+    specials = set(tok.special_tokens.values())
+    return {t for t in range(tok.vocab_size) if t not in specials and utf8(tok.token_bytes(t))
+            and tok._bpe(tok.token_bytes(t)) == (t,)}
+
+
+def utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def table_ids(tok: BPETokenizer) -> set[int]:
+    assert all(tok.token_bytes(t) == text.encode("utf-8") for text, (t,) in tok._whole.items())
+    return {t for (t,) in tok._whole.values()}
+
+
+@pytest.mark.parametrize("which", ["gpt2", "shakespeare", "shakespeare-gpt4"])
+def test_every_learned_token_comes_back(which, gpt2, shakespeare_bpe, shakespeare):
+    """In a learned vocabulary every token is its own encoding, so the table holds every
+    ordinary token of valid UTF-8 and the shortcut changes no id."""
+    tok = {"gpt2": gpt2, "shakespeare": shakespeare_bpe,
+           "shakespeare-gpt4": BPETokenizer.train(shakespeare[:100_000], 1500, pattern="gpt4")}[which]
+    specials = set(tok.special_tokens.values())
+    ordinary = {t for t in range(tok.vocab_size) if t not in specials and utf8(tok.token_bytes(t))}
+    assert table_ids(tok) == comes_back(tok) == ordinary
+
+
+def test_whole_token_check_by_hand():
+    """The docstring's example: after "b c" and "a b", "abc" comes back as "a" + "bc", so
+    it is not in the table; an overlap "a" + "aa" does not come back either. Merges
+    ranked before the merges of their parts (test_merge_order_by_hand): no table at all."""
+    a, b, c = ord("a"), ord("b"), ord("c")
+    byte_vocab = [bytes([i]) for i in range(256)]
+    tok = BPETokenizer(byte_vocab + [b"bc", b"ab", b"abc"], [(b, c, 256), (a, b, 257), (257, c, 258)], {})
+    assert tok._bpe(b"abc") == (a, 256) and tok.encode("abc") == [a, 256]
+    assert "abc" not in tok._whole and {"ab", "bc", "a"} <= tok._whole.keys()
+    tok = BPETokenizer(byte_vocab + [b"aa", b"aaa", b"aaa"], [(a, a, 256), (a, 256, 257), (256, a, 258)], {})
+    assert tok.encode("aaa") == [258] and table_ids(tok) == comes_back(tok) and 257 not in table_ids(tok)
+    tok = BPETokenizer(byte_vocab + [b"ab", b"aba"], [(256, a, 257), (a, b, 256)], {})
+    assert tok._whole == {} and tok.encode("aba") == [257]
+
+
+def reorder_keeping_parts_first(merges: list, rng: random.Random) -> list:
+    """The merges in a random order in which each merge still comes after those making its parts."""
+    made, rest, order = set(range(256)), list(merges), []
+    while rest:
+        m = rng.choice([m for m in rest if m[0] in made and m[1] in made])
+        order.append(m)
+        rest.remove(m)
+        made.add(m[2])
+    return order
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_whole_token_check_equals_running_the_merges(seed):
+    """Random vocabularies with their merges reordered (parts still made first): many tokens
+    no longer come back, and the table holds exactly those that do. Merges in any order,
+    with a pair listed twice: the table holds none that does not. Encoding with the
+    table gives the same ids as without it."""
+    rng = random.Random(seed)
+    letters = rng.sample("abcdefgh", rng.randint(2, 4))
+    words = ["".join(rng.choices(letters, k=rng.randint(1, 10))) for _ in range(300)]
+    trained = BPETokenizer.train(" ".join(words), 256 + rng.randint(10, 60), special_tokens=())
+    vocab = [trained.token_bytes(i) for i in range(trained.vocab_size)]
+    reordered = BPETokenizer(vocab, reorder_keeping_parts_first(trained.merges, rng), {})
+    assert table_ids(reordered) == comes_back(reordered)
+    shuffled = rng.sample(trained.merges, len(trained.merges))
+    a, b, m = rng.choice(trained.merges)
+    shuffled.insert(rng.randrange(len(shuffled) + 1), (a, b, len(vocab)))  # same pair, another id
+    anyhow = BPETokenizer(vocab + [vocab[m]], shuffled, {})
+    assert table_ids(anyhow) <= comes_back(anyhow)
+    texts = [" ".join("".join(rng.choices(letters, k=rng.randint(1, 12))) for _ in range(50)) for _ in range(5)]
+    for tok in (trained, reordered, anyhow):
+        plain = BPETokenizer(vocab + [vocab[m]] if tok is anyhow else vocab, tok.merges, {}, cache_size=0)
+        plain._whole = {}
+        assert [tok.encode(t) for t in texts] == [plain.encode(t) for t in texts]
+
+
+def test_some_reordered_vocabularies_lose_tokens():
+    """So that the test above checks both answers of the whole-token check."""
+    lost = 0
+    for seed in range(20):
+        rng = random.Random(seed)
+        letters = rng.sample("abcdefgh", rng.randint(2, 4))
+        words = ["".join(rng.choices(letters, k=rng.randint(1, 10))) for _ in range(300)]
+        trained = BPETokenizer.train(" ".join(words), 256 + rng.randint(10, 60), special_tokens=())
+        vocab = [trained.token_bytes(i) for i in range(trained.vocab_size)]
+        reordered = BPETokenizer(vocab, reorder_keeping_parts_first(trained.merges, rng), {})
+        lost += len(set(range(128)) | set(range(256, len(vocab)))) > len(table_ids(reordered))
+    assert lost >= 10
+
+
+_BMP = st.characters(max_codepoint=0xFFFF, exclude_categories=())  # surrogates included
+_SPACES_AND_CO = st.sampled_from(list(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2028\u2029\u202f"
+                                      "\u205f\u3000\u200b\ufeff'sdmtlvreSD aZ09\u0660\u00b2\u2167\u00aa.!é中"))
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.text(_BMP, max_size=80) | st.text(_SPACES_AND_CO, max_size=40))
+def test_re_pre_tokenizer_equals_regex_on_bmp_text(text):
+    """The built-in re version of GPT-2's pattern finds the regex module's chunks."""
+    assert _gpt2_pattern_re().findall(text) == regex.compile(GPT2_PATTERN).findall(text)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(st.characters(exclude_categories=()), max_size=60) | st.text(_SPACES_AND_CO, max_size=40))
+def test_pre_tokenize_equals_regex_on_any_text(gpt2, text):
+    """Beyond U+FFFF too (there pre_tokenize hands the text to regex)."""
+    assert gpt2.pre_tokenize(text) == gpt2._pat.findall(text)
+    assert gpt2.pre_tokenize(text + "😀") == gpt2._pat.findall(text + "😀")
+
+
+def test_re_pre_tokenizer_on_every_bmp_character():
+    """Each character of U+0000..U+FFFF after and before a letter, digit, space, apostrophe
+    and newline, and runs of it: the character classes are the regex module's."""
+    pattern = regex.compile(GPT2_PATTERN)
+    for start in range(0, 0x10000, 0x2000):
+        chars = [chr(c) for c in range(start, start + 0x2000)]
+        text = "".join(f"a{c}1{c} {c}{c}'{c}\n{c}  " for c in chars)
+        assert _gpt2_pattern_re().findall(text) == pattern.findall(text), hex(start)
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare", "the-verdict", "wikitext-2/validation", "wikitext-2/test",
+                                  "python-stdlib"])
+def test_re_pre_tokenizer_on_corpora(name, gpt2):
+    """The corpora of data.read_text (of the standard library's 12 MB, the first 2 million
+    characters), less any character beyond U+FFFF: pre_tokenize then uses re."""
+    corpus, _, split = name.partition("/")
+    text = _ASTRAL.sub("", data.read_text(corpus, split=split or None)[:2_000_000])
+    assert gpt2.pre_tokenize(text) == gpt2._pat.findall(text)
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare", "wikitext-2/validation"])
+def test_fast_paths_give_tiktokens_ids_on_corpora(name, gpt2, enc):
+    """The benchmark's corpora take both fast paths, from a cold cache, with tiktoken's ids;
+    without them (regex and the merge loop for every chunk) the ids are the same."""
+    corpus, _, split = name.partition("/")
+    text = data.read_text(corpus, split=split or None)
+    assert not _ASTRAL.search(text)  # so pre_tokenize uses re
+    chunks = gpt2.pre_tokenize(text)
+    assert sum(chunk in gpt2._whole for chunk in chunks) > 0.9 * len(chunks)
+    gpt2.clear_cache()
+    ids = gpt2.encode(text)
+    assert ids == enc.encode(text)
+    plain = BPETokenizer([gpt2.token_bytes(i) for i in range(gpt2.vocab_size)], gpt2.merges, gpt2.special_tokens)
+    plain._whole, plain._re = {}, None
+    assert plain.encode(text) == ids
 
 
 def test_gpt4_pattern_splits_by_hand():

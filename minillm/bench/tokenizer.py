@@ -7,9 +7,10 @@ takes ``--split``, validation by default):
   4096-token vocabulary (best of ``--repeats`` runs);
 * the time to encode the corpus with our GPT-2 tokenizer and with tiktoken's,
   in the same process, as a ratio (ours / tiktoken) and in tokens per second.
-  "cold" starts from an empty chunk cache (every distinct chunk is run through
-  BPE once); "warm" encodes again with the cache filled (pre-tokenization plus
-  a dict lookup per chunk). ``encode_ordinary`` ignores special tokens;
+  "cold" starts from an empty chunk cache (every distinct chunk that is not
+  itself a token is run through BPE once; one that is a token is looked up in
+  a table made with the tokenizer, as tiktoken does); "warm" encodes again with
+  the cache filled (pre-tokenization plus a dict lookup per chunk). ``encode_ordinary`` ignores special tokens;
   ``encode`` also scans the text for them. Every figure is the best of
   ``--repeats`` runs, the rows taking turns, with both encoders checked to give
   identical ids.
