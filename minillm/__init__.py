@@ -49,6 +49,8 @@ module                what it is for                                            
 ``dpo``               preference tuning: the DPO loss and its training loop        E
 ``grpo``              RL with verifiable rewards: GRPO's groups, loss and loop     E
 ``quantize``          int8/int4 weights: absmax, zero-point, groups, packed int4   B
+``int8_matmul``       int8 x int8 (W8A8): the integer matmul and its kernels       B
+``quantize_kv``       the KV cache as int8 codes with per-vector scales            B
 ``prune``             magnitude pruning, and heads and neurons removed for good    B
 ``distill``           knowledge distillation: a student taught by a teacher        B
 ``speculative``       speculative decoding: a draft proposes, the target verifies  B

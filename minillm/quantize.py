@@ -20,9 +20,6 @@ weight that shares its scale; hence the *granularity*:
 
 * `quantize_tensor` / `QuantizedTensor.dequantize`: the arithmetic above;
 * `pack_int4` / `unpack_int4`: two 4-bit codes in one byte;
-* `quantize_activations` / `int8_linear_reference`: int8 weights times int8
-  activations (W8A8) with an integer sum, written out in plain torch;
-  `int_mm_padded`: the same product with `torch._int_mm`, padded to its shape rules;
 * `QuantizedLinear`: an `nn.Linear` stored as codes + scales (int4 packed),
   whose forward pass (`kernel`) dequantizes, or multiplies integers;
 * `quantize(model, bits, group_size, scheme, kernel=...)`: a quantized copy of a model;
@@ -34,20 +31,9 @@ activations stay float and each layer dequantizes its weight before an
 ordinary matrix multiply, so it saves memory (and memory bandwidth, what
 token-by-token generation is limited by), not FLOPs, and costs time to
 rebuild the weight. kernel="int8" (8-bit absmax codes, one scale per output
-row) also rounds each row of activations to int8 with its own scale, on the
-fly, and multiplies integers:
-
-    y[i, j] ~ s_x[i] s_w[j] * sum_k qx[i, k] q[j, k]      (an exact int32 sum)
-
-The weight is never rebuilt; the only new error is the activations' rounding
-(to 8 bits per row; on a CPU to fbgemm's 7-bit grid, see `QuantizedLinear`).
-Whether that is faster depends on the hardware's integer kernels: on CUDA
-`torch._int_mm` (int8 tensor cores), on an x86 CPU fbgemm's dynamic int8 linear
-layer (the one behind `torch.ao.nn.quantized.dynamic.Linear`), fed the codes
-and scales as they are. `torch._int_mm` on a CPU is a slow generic loop (5-30x
-slower than an fp32 matmul on an AVX2 CPU without VNNI), so the CPU uses fbgemm.
-Fused weight-only kernels (int4 codes unpacked inside the matmul) are not
-written here.
+row) multiplies int8 activations by the int8 codes instead (W8A8): see
+`minillm.int8_matmul`, whose `quantize_activations`, `int8_linear_reference`
+and `int_mm_padded` are importable from here too.
 """
 
 from __future__ import annotations
@@ -57,7 +43,6 @@ import fnmatch
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +54,11 @@ from torch import nn
 from minillm.checkpoint import commit, staging_folder
 from minillm.errors import CheckpointError, CheckpointNotFoundError, ConfigError, MinillmError
 from minillm.fileio import atomic_write
+from minillm.int8_matmul import Int8Kernel, _nonzero
+# re-exported, so that `from minillm.quantize import int8_linear_reference` (and the others) keeps working
+from minillm.int8_matmul import int8_linear_reference as int8_linear_reference
+from minillm.int8_matmul import int_mm_padded as int_mm_padded
+from minillm.int8_matmul import quantize_activations as quantize_activations
 from minillm.model import GPT, GPTConfig, read_safetensors, write_safetensors
 from minillm.tokenizer import TOKENIZER_FILE, load_tokenizer
 
@@ -147,11 +137,6 @@ class QuantizedTensor:
         if self.zero is not None:
             q = q - self.zero.float()[..., None]
         return (q * self.scale.float()[..., None]).reshape(self.shape).to(dtype)
-
-
-def _nonzero(scale: torch.Tensor) -> torch.Tensor:
-    """The scale with zeros replaced by 1, to divide by: an all-zero group gets codes 0 (and scale 0), no NaN."""
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def quantize_tensor(w: torch.Tensor, bits: int = 8, scheme: str = "absmax", granularity: str = "tensor",
@@ -243,91 +228,6 @@ def unpack_int4(packed: torch.Tensor, n: int, signed: bool = False) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------
-# An integer matrix multiply: int8 weights times int8 activations (W8A8)
-# ---------------------------------------------------------------------------
-
-
-def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (rows, in) float -> (codes int8 (rows, in), scale float32 (rows, 1)): absmax, one scale per row (token).
-
-    Activations change with every input, so their scale is chosen on the fly
-    ("dynamic" quantization), per row: one token's outlier then costs only that
-    token precision. An all-zero row gets codes 0 and scale 0.
-    """
-    x = x.float()
-    scale = x.abs().amax(dim=-1, keepdim=True) / 127
-    return torch.round(x / _nonzero(scale)).clamp(-127, 127).to(torch.int8), scale
-
-
-def _rescale(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
-             bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
-    """y = acc * s_x * s_w + b in float32: acc (rows, out) int32, s_x (rows, 1), s_w (out, 1) or (1, 1)."""
-    y = acc.float() * x_scale * w_scale.float().reshape(1, -1)
-    return y if bias is None else y + bias.float()
-
-
-def int8_linear_reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                          bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """x (..., in) -> (..., out) float32: the W8A8 integer linear layer, written out in plain torch.
-
-    codes int8 (out, in) and scale (out, 1) (or (1, 1)) are an absmax weight,
-    W ~ codes * scale. With the activations quantized per row, X ~ qx * s_x,
-
-        y[i, j] = sum_k X[i, k] W[j, k] ~ s_x[i] s_w[j] * sum_k qx[i, k] codes[j, k]
-
-    The sum is taken over integers (products of two int8 fit in 15 bits and k
-    of them in an int32 for any k below 133,000), exactly; the floats come back
-    once per output, in the rescale. The only error beyond the weight's own is
-    the activations' rounding, at most s_x[i] / 2 per element. This is the
-    slow, readable version (an int32 matrix multiply on the CPU); `QuantizedLinear`
-    with kernel="int8" computes the same with a fast kernel.
-    """
-    shape = x.shape
-    qx, sx = quantize_activations(x.reshape(-1, shape[-1]))
-    acc = qx.cpu().to(torch.int32) @ codes.cpu().to(torch.int32).T  # (rows, out), exact
-    return _rescale(acc.to(x.device), sx, scale, bias).reshape(*shape[:-1], -1)
-
-
-def int_mm_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (m, k) int8 @ b (k, n) int8 -> (m, n) int32 with `torch._int_mm`, padded to its CUDA shape rules.
-
-    On CUDA, `torch._int_mm` (cuBLASLt's int8 GEMM) needs m > 16 and k, n
-    multiples of 8. Zero rows of `a`, and zero columns of `a` and rows of `b`
-    (k), change no product; zero columns of `b` (n) add outputs that are cut
-    off. So any shape works, at the cost of copies where one does not fit (the
-    `QuantizedLinear` int8 kernel pads its weight once, ahead of time, so only
-    decoding's few rows are padded on each call).
-    """
-    (m, k), n = a.shape, b.shape[1]
-    pad_m, pad_k, pad_n = max(0, 17 - m), -k % 8, -n % 8
-    if pad_m or pad_k:
-        a = F.pad(a, (0, pad_k, 0, pad_m))
-    if pad_k or pad_n:
-        b = F.pad(b, (0, pad_n, 0, pad_k))
-    return torch._int_mm(a, b)[:m, :n]
-
-
-def _fbgemm_engine() -> bool:
-    """Whether torch's quantized CPU engine is fbgemm (or x86, which uses it for dynamic linear layers)."""
-    return torch.backends.quantized.engine in ("fbgemm", "x86")
-
-
-def _fbgemm_pack(codes: torch.Tensor, scale: torch.Tensor) -> Any:
-    """fbgemm's packed form of the int8 weight codes (out, in) with their per-row scales, no bias, no requantizing.
-
-    The codes become a `torch.qint8` tensor as they are (zero point 0, the
-    scales as float64); `linear_unpack` gives back exactly these codes and scales.
-    """
-    out = codes.shape[0]
-    per_row = _nonzero(scale.float().reshape(-1).expand(out)).double().contiguous()  # an all-zero row: codes 0
-    with warnings.catch_warnings():  # torch marks its quantized-tensor constructors deprecated
-        warnings.simplefilter("ignore")
-        weight = torch._make_per_channel_quantized_tensor(codes.cpu().contiguous(), per_row.cpu(),
-                                                           torch.zeros(out, dtype=torch.long), 0)  # fmt: skip
-        return torch.ops.quantized.linear_prepack(weight, None)
-
-
-# ---------------------------------------------------------------------------
 # A quantized linear layer
 # ---------------------------------------------------------------------------
 
@@ -348,10 +248,10 @@ class QuantizedLinear(nn.Module):
     for int8 and 4x for int4 in appendix B's measurements on a CPU). "int8"
     (8-bit absmax codes, one scale per row; inference only) quantizes the
     activations per row on the fly and multiplies integers, as
-    `int8_linear_reference` writes out: on CUDA with `torch._int_mm`
-    (`int_mm_padded`), on a CPU with fbgemm's dynamic int8 linear layer (the
-    one behind `torch.ao.nn.quantized.dynamic.Linear`; without fbgemm, the
-    reference itself). The kernel's form of the weight (fbgemm's packed
+    `int8_linear_reference` writes out (`minillm.int8_matmul.Int8Kernel`): on
+    CUDA with `torch._int_mm` (`int_mm_padded`), on a CPU with fbgemm's dynamic
+    int8 linear layer (the one behind `torch.ao.nn.quantized.dynamic.Linear`;
+    without fbgemm, the reference itself). The kernel's form of the weight (fbgemm's packed
     matrix, or the padded transposed codes) is built on the first call and
     cached, rebuilt when the codes, the scales or the device change, and never
     saved: the state dict holds the codes and scales only. (fbgemm's packed
@@ -365,7 +265,7 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         check_settings(bits, group_size, scheme)
         check_kernel(kernel, bits, group_size, scheme)
-        self._kernel, self._prepared = kernel, None  # the cache: (key, the kernel's form of the weight)
+        self._kernel, self._int8 = kernel, Int8Kernel()  # the int8 kernel holds its form of the weight
         if group_size is not None and in_features % group_size:
             raise ConfigError(f"group_size {group_size} does not divide the input width {in_features}")
         self.in_features, self.out_features = in_features, out_features
@@ -424,71 +324,13 @@ class QuantizedLinear(nn.Module):
     @kernel.setter
     def kernel(self, kernel: str) -> None:
         check_kernel(kernel, self.bits, self.group_size, self.scheme)
-        self._kernel, self._prepared = kernel, None
+        self._kernel, self._int8 = kernel, Int8Kernel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out): x W^T + b, with W dequantized to x's dtype, or with the int8 kernel."""
         if self._kernel == "int8":
-            return self._int8_forward(x)
+            return self._int8.forward(x, self.codes, self.scale, self.bias)
         return F.linear(x, self.quantized_weight().dequantize(x.dtype), self.bias)
-
-    def _int8_backend(self, device: torch.device) -> str:
-        if device.type == "cuda":
-            return "int_mm"
-        return "fbgemm" if device.type == "cpu" and _fbgemm_engine() else "reference"
-
-    def _prepare(self, backend: str) -> Any:
-        """The weight in the backend's form, from the cache while codes, scales and device are unchanged."""
-        # valid for the same tensor objects (a move to another device makes new ones), unmodified in place
-        codes, scale, cached = self.codes, self.scale, self._prepared
-        if (cached is None or cached[0] != backend or cached[1] is not codes or cached[2] != codes._version
-                or cached[3] is not scale or cached[4] != scale._version):  # fmt: skip
-            if backend == "fbgemm":
-                weight = _fbgemm_pack(self.codes, self.scale)
-            else:  # int_mm: (in, out) padded to multiples of 8 once, so that calls pad only their rows
-                codes_t = self.codes.T
-                weight = F.pad(codes_t, (0, -codes_t.shape[1] % 8, 0, -codes_t.shape[0] % 8))
-            self._prepared = (backend, codes, codes._version, scale, scale._version, weight)
-        return self._prepared[-1]
-
-    def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The W8A8 forward pass: what `int8_linear_reference` computes, with a fast kernel where there is one.
-
-        Inference only: rounding has no useful gradient, and fbgemm none at all, so
-        the output is computed without autograd (it never requires grad).
-        """
-        with torch.no_grad():
-            return self._int8_product(x.reshape(-1, self.in_features)).to(x.dtype).reshape(
-                *x.shape[:-1], self.out_features)  # fmt: skip
-
-    def _int8_product(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows (n, in) -> (n, out) float32."""
-        backend = self._int8_backend(rows.device)
-        if backend == "reference":
-            y = int8_linear_reference(rows, self.codes, self.scale, self.bias)
-        elif backend == "int_mm":
-            qx, sx = quantize_activations(rows)
-            acc = int_mm_padded(F.pad(qx, (0, -self.in_features % 8)), self._prepare(backend))
-            y = _rescale(acc[:, : self.out_features], sx, self.scale, self.bias)
-        else:
-            # fbgemm quantizes its whole input with ONE scale (uint8 with a zero point, 7 bits: PyTorch narrows
-            # the range so that AVX2's 16-bit sums of u8 x s8 pairs cannot overflow): for one row (decoding)
-            # that is the row's own. For more, dividing each row by its own s_x = absmax / 127 first puts every
-            # row on [-127, 127], so each row gets its own scale as in the reference (on a grid of step <= 2 s_x
-            # instead of s_x: 7 bits, not 8), and the layer being linear, multiplying the output rows by s_x
-            # undoes the division (s_x is kept above 0: a row of zeros stays zeros).
-            x, packed = rows.float(), self._prepare(backend)
-            if x.shape[0] == 1:
-                y = torch.ops.quantized.linear_dynamic(x, packed, True)
-            else:
-                sx = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / 127
-                y = torch.ops.quantized.linear_dynamic(x / sx, packed, True) * sx
-            if self.bias is not None:
-                y = y + self.bias.float()
-        return y
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_prepared": None}  # a copy (or a pickle) packs its own weight
 
     def extra_repr(self) -> str:
         kernel = f", kernel={self._kernel}" if self._kernel != "dequantize" else ""

@@ -29,7 +29,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
-    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "quantize_kv", "prune", "distill", "speculative", "codeeval"),  # loops
+    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "int8_matmul", "quantize_kv", "prune", "distill", "speculative", "codeeval"),  # loops
     6: ("cli", "bench", "diagrams", "exercises", "serve", "website", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}
