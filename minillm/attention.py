@@ -290,15 +290,20 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v: (B, Hkv, T, D) of `layer`; return all keys, values (B, Hkv, length + T, D)."""
-        end = self.length + k.size(-2)
-        if end > self.max_len:
-            raise ConfigError(
-                f"KV cache is full: it holds {self.max_len} positions, {self.length} are used and "
-                f"{k.size(-2)} more were given; make a larger cache or reset()/rewind() it"
-            )
+        end = self.end_after(k.size(-2))
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def end_after(self, t: int) -> int:
+        """length + t, the end of the next t positions; a ConfigError if the cache cannot hold them."""
+        end = self.length + t
+        if end > self.max_len:
+            raise ConfigError(
+                f"KV cache is full: it holds {self.max_len} positions, {self.length} are used and "
+                f"{t} more were given; make a larger cache or reset()/rewind() it"
+            )
+        return end
 
     def advance(self, n: int) -> None:
         """Mark n more positions as filled (called once per forward pass)."""

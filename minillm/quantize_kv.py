@@ -75,12 +75,7 @@ class Int8KVCache(KVCache):
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v: (B, Hkv, T, D) of `layer` as codes; return all keys, values (B, Hkv, length + T, D), dequantized."""
-        end = self.length + k.size(-2)
-        if end > self.max_len:
-            raise ConfigError(
-                f"KV cache is full: it holds {self.max_len} positions, {self.length} are used and "
-                f"{k.size(-2)} more were given; make a larger cache or reset()/rewind() it"
-            )
+        end = self.end_after(k.size(-2))
         for codes, scales, x, what in ((self.k, self.k_scale, k, "keys"), (self.v, self.v_scale, v, "values")):
             q, s = _quantize_vectors(x, f"the {what} of layer {layer}")
             codes[layer, :, :, self.length : end] = q

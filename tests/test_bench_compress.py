@@ -18,7 +18,8 @@ COLUMNS = ["variant", "weights in memory", "on disk", "held-out perplexity", "de
            "greedy = fp32", "KV cache", "acceptance", "tokens / target call"]  # fmt: skip
 QUANTIZED = ["int8 per tensor", "int8 per channel", "int8 per channel, int8 kernel (W8A8)", "int4 per channel",
              *(f"int4 group {g}" for g in GROUP_SIZES)]  # fmt: skip
-PRUNED = 1 + len(QUANTIZED)  # the pruned row's index; speculative decoding's rows follow it
+KV_INT8 = 1 + len(QUANTIZED)  # the fp32 model with an int8 KV cache
+PRUNED = KV_INT8 + 1  # the pruned row's index; speculative decoding's rows follow it
 LAYER_VARIANTS = ["fp32", "int8 per channel, dequantize", "int8 per channel, int8 kernel (W8A8)"]
 
 
@@ -37,6 +38,7 @@ def test_tiny_run_prints_and_writes_every_row(tmp_path, capsys, one_thread):
     rows = doc["rows"]
     names = [r["variant"] for r in rows]
     assert names[0] == "fp32" and names[1 : 1 + len(QUANTIZED)] == QUANTIZED
+    assert names[KV_INT8] == "fp32, int8 KV cache"
     assert names[PRUNED] == "pruned to 128 of 256 MLP neurons, not retrained"
     assert names[PRUNED + 1 :] == [f"speculative k={k}, draft int4 group 32" for k in SPECULATIVE_K]
 
@@ -67,6 +69,14 @@ def test_tiny_run_prints_and_writes_every_row(tmp_path, capsys, one_thread):
     int8, kernel = by_name["int8 per channel"], by_name["int8 per channel, int8 kernel (W8A8)"]
     assert kernel["memory_bytes"] == int8["memory_bytes"] and kernel["disk_bytes"] == int8["disk_bytes"] - 6
     assert abs(kernel["perplexity_ratio"] - 1) < 0.01
+
+    # the int8 KV cache: the fp32 weights; the cache's bytes are kv_cache_bytes' int8 count (D + 4 bytes a vector
+    # instead of 4 D), and reading through it moves perplexity a little, not nothing
+    kv = by_name["fp32, int8 KV cache"]
+    d = tiny_inputs(torch.device("cpu"))[0].config.head_dim
+    assert kv["memory_bytes"] == fp32["memory_bytes"] and kv["disk_bytes"] == fp32["disk_bytes"]
+    assert kv["kv_cache_bytes"] * 4 * d == fp32["kv_cache_bytes"] * (d + 4)
+    assert kv["perplexity"] != fp32["perplexity"] and abs(kv["perplexity_ratio"] - 1) < 0.01
 
     for r, k in zip(rows[PRUNED + 1 :], SPECULATIVE_K):  # greedy: exactly the fp32 model's tokens
         assert r["kind"] == "speculative" and r["same_as_fp32"] and r["greedy_same_prefix"] == 12

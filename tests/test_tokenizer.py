@@ -477,18 +477,25 @@ def reorder_keeping_parts_first(merges: list, rng: random.Random) -> list:
     return order
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_whole_token_check_equals_running_the_merges(seed):
-    """Random vocabularies with their merges reordered (parts still made first): many tokens
-    no longer come back, and the table holds exactly those that do. Merges in any order,
-    with a pair listed twice: the table holds none that does not. Encoding with the
-    table gives the same ids as without it."""
+def random_reordered_vocabulary(seed: int):
+    """(rng, letters, a BPE trained on random words of 2-4 letters, its vocabulary, the same
+    vocabulary with its merges reordered, parts still made first)."""
     rng = random.Random(seed)
     letters = rng.sample("abcdefgh", rng.randint(2, 4))
     words = ["".join(rng.choices(letters, k=rng.randint(1, 10))) for _ in range(300)]
     trained = BPETokenizer.train(" ".join(words), 256 + rng.randint(10, 60), special_tokens=())
     vocab = [trained.token_bytes(i) for i in range(trained.vocab_size)]
     reordered = BPETokenizer(vocab, reorder_keeping_parts_first(trained.merges, rng), {})
+    return rng, letters, trained, vocab, reordered
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_whole_token_check_equals_running_the_merges(seed):
+    """Random vocabularies with their merges reordered (parts still made first): many tokens
+    no longer come back, and the table holds exactly those that do. Merges in any order,
+    with a pair listed twice: the table holds none that does not. Encoding with the
+    table gives the same ids as without it."""
+    rng, letters, trained, vocab, reordered = random_reordered_vocabulary(seed)
     assert table_ids(reordered) == comes_back(reordered)
     shuffled = rng.sample(trained.merges, len(trained.merges))
     a, b, m = rng.choice(trained.merges)
@@ -506,12 +513,7 @@ def test_some_reordered_vocabularies_lose_tokens():
     """So that the test above checks both answers of the whole-token check."""
     lost = 0
     for seed in range(20):
-        rng = random.Random(seed)
-        letters = rng.sample("abcdefgh", rng.randint(2, 4))
-        words = ["".join(rng.choices(letters, k=rng.randint(1, 10))) for _ in range(300)]
-        trained = BPETokenizer.train(" ".join(words), 256 + rng.randint(10, 60), special_tokens=())
-        vocab = [trained.token_bytes(i) for i in range(trained.vocab_size)]
-        reordered = BPETokenizer(vocab, reorder_keeping_parts_first(trained.merges, rng), {})
+        _, _, _, vocab, reordered = random_reordered_vocabulary(seed)
         lost += len(set(range(128)) | set(range(256, len(vocab)))) > len(table_ids(reordered))
     assert lost >= 10
 

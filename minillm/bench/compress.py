@@ -12,6 +12,9 @@ appendix B, measured in one run on the same held-out tokens and the same prompt:
   per-tensor setting for a whole model, so that row is built here: per-tensor codes
   (`quantize_tensor(..., granularity="tensor")`) with their single scale in each
   `QuantizedLinear`;
+* fp32 weights with an int8 KV cache (`minillm.quantize_kv.Int8KVCache`): the keys
+  and values stored as int8 codes with one fp32 scale per vector, its perplexity from
+  windows read through such a cache (every query attends to the rounded keys and values);
 * int8 per channel again with the integer kernel (`quantize(..., kernel="int8")`,
   W8A8): the same codes and scales, the activations rounded to int8 per token on
   the fly and multiplied as integers (fbgemm's dynamic int8 linear layer on a CPU,
@@ -92,6 +95,7 @@ from minillm.monitor import device_peak_flops
 from minillm.pretrained import book_model
 from minillm.prune import neuron_importance, prune_structured
 from minillm.quantize import QuantizedLinear, model_bytes, pack_int4, quantize, quantize_tensor, save_quantized
+from minillm.quantize_kv import Int8KVCache
 from minillm.speculative import speculative_generate
 from minillm.tokenizer import CharTokenizer
 from minillm.tokens import get_batch
@@ -151,6 +155,21 @@ def prune_mlp(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], keep
 # ---------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------
+
+
+class ThroughInt8Cache(nn.Module):
+    """`model` reading each input through a new `Int8KVCache`: its attention sees rounded keys and values.
+
+    For `perplexity`, which calls model(idx) on (B, T) windows: the logits of a prefill
+    through the int8 cache (every query attends to the cached codes, dequantized).
+    """
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets, kv_cache=Int8KVCache.for_model(self.model, idx.size(0), idx.size(1)))
 
 
 def _sync(device: torch.device) -> None:
@@ -237,6 +256,8 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
         variants.append(dict(variant=f"int4 group {g}", kind="quantized", group_size=g,
                              model=None if misfit else quantize(model, 4, group_size=g),
                              note=f"skipped ({misfit})" if misfit else f"one scale per {g} inputs"))  # fmt: skip
+    variants.append(dict(variant="fp32, int8 KV cache", kind="kv int8", model=model,
+                         note="fp32 weights; keys and values as int8 codes, one scale per vector"))  # fmt: skip
     fitting = [v for v in variants if v.get("group_size") and v["model"] is not None]  # int4 groups that fit
     draft_row = (min(fitting, key=lambda v: v["group_size"]) if fitting
                  else next(v for v in variants if v["variant"] == "int4 per channel"))  # fmt: skip
@@ -264,8 +285,9 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
         log(f"perplexity and size: {v['variant']} ...")
         v["memory_bytes"] = model_bytes(m)["total"]
         v["disk_bytes"] = disk_bytes(m, tokenizer)
-        v["perplexity"] = perplexity(m, held_out).perplexity
-        v["kv_cache_bytes"] = kv_cache_bytes(m.config, 1, prompt.size(1) + new_tokens)
+        kv_int8 = v["kind"] == "kv int8"
+        v["perplexity"] = perplexity(ThroughInt8Cache(m) if kv_int8 else m, held_out).perplexity
+        v["kv_cache_bytes"] = kv_cache_bytes(m.config, 1, prompt.size(1) + new_tokens, "int8" if kv_int8 else "fp32")
         v["flops_per_token"] = m.flops_per_token(mean_context, training=False) if v["kind"] == "pruned" else fp32_flops
     reference = variants[0]
     for v in variants:
@@ -279,14 +301,15 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
     def decode(v: dict) -> Any:
         if v["kind"] == "speculative":
             return speculative_generate(model, v["draft"], prompt, new_tokens, k=v["k"], temperature=0)
-        return generate(v["model"], prompt, new_tokens, temperature=0)
+        return generate(v["model"], prompt, new_tokens, temperature=0, kv_cache=_cache(v, prompt.size(1) + new_tokens))
 
     log("warm-up ...")
     for v in live:
         if v["kind"] == "speculative":
             speculative_generate(model, v["draft"], prompt, min(new_tokens, 2 * v["k"] + 2), k=v["k"], temperature=0)
         else:
-            generate(v["model"], prompt, min(new_tokens, 4), temperature=0)
+            generate(v["model"], prompt, min(new_tokens, 4), temperature=0,
+                     kv_cache=_cache(v, prompt.size(1) + min(new_tokens, 4)))  # fmt: skip
     for v in live:
         v["seconds"] = []
     for r in range(repeats):
@@ -327,6 +350,11 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
             row["perplexity_ratio"] = row["perplexity"] / ref["perplexity"]
             row["speed_ratio"] = row["tokens_per_s"] / ref["tokens_per_s"]
     return rows
+
+
+def _cache(v: dict, length: int) -> Int8KVCache | None:
+    """A new int8 KV cache for the "kv int8" row (None: `generate` makes its float one)."""
+    return Int8KVCache.for_model(v["model"], 1, length) if v["kind"] == "kv int8" else None
 
 
 LAYER_SHAPE = (768, 3072)  # GPT-2 small's MLP up-projection: in, out
