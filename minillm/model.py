@@ -249,15 +249,23 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_kv_cache(
-        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None
+        self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+        kind: type[KVCache] = KVCache,
     ) -> KVCache:
-        """An empty `KVCache` for this model on its device (max_len defaults to the context length)."""
+        """An empty `KVCache` for this model on its device (max_len defaults to the context length).
+
+        `kind`: a `KVCache` class with its constructor, e.g. appendix B's
+        `minillm.quantize_kv.Int8KVCache`; `dtype` (default: the weights') is
+        the float type its keys and values come back in.
+        """
         c = self.config
         max_len = c.context_length if max_len is None else max_len
-        if not 0 < max_len <= c.context_length:
-            raise ConfigError(f"max_len must be in [1, {c.context_length}], got {max_len}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or not 0 < max_len <= c.context_length:
+            raise ConfigError(f"max_len must be an int in [1, {c.context_length}], got {max_len!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
         w = self.tok_emb.weight
-        return KVCache(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, w.device, dtype or w.dtype)
+        return kind(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, w.device, dtype or w.dtype)
 
     # -- counting -----------------------------------------------------------
 

@@ -64,14 +64,8 @@ class Int8KVCache(KVCache):
 
     @classmethod
     def for_model(cls, model: GPT, batch_size: int, max_len: int | None = None) -> Int8KVCache:
-        """An empty int8 cache for `model` on its device, as `GPT.new_kv_cache` (max_len: the context length)."""
-        c, w = model.config, model.tok_emb.weight
-        max_len = c.context_length if max_len is None else max_len
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or not 0 < max_len <= c.context_length:
-            raise ConfigError(f"max_len must be an int in [1, {c.context_length}], got {max_len!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        return cls(c.n_layer, batch_size, c.kv_heads, c.head_dim, max_len, w.device, w.dtype)
+        """An empty int8 cache for `model` on its device: `model.new_kv_cache(..., kind=Int8KVCache)`."""
+        return model.new_kv_cache(batch_size, max_len, kind=cls)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v: (B, Hkv, T, D) of `layer` as codes; return all keys, values (B, Hkv, length + T, D), dequantized."""

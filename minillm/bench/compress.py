@@ -283,9 +283,9 @@ def measure(model: GPT, tokenizer: Any, held_out: torch.Tensor, prompt: torch.Te
         if m is None:
             continue
         log(f"perplexity and size: {v['variant']} ...")
-        v["memory_bytes"] = model_bytes(m)["total"]
-        v["disk_bytes"] = disk_bytes(m, tokenizer)
-        kv_int8 = v["kind"] == "kv int8"
+        kv_int8 = v["kind"] == "kv int8"  # the fp32 model itself: its sizes are the reference's
+        v["memory_bytes"] = variants[0]["memory_bytes"] if kv_int8 else model_bytes(m)["total"]
+        v["disk_bytes"] = variants[0]["disk_bytes"] if kv_int8 else disk_bytes(m, tokenizer)
         v["perplexity"] = perplexity(ThroughInt8Cache(m) if kv_int8 else m, held_out).perplexity
         v["kv_cache_bytes"] = kv_cache_bytes(m.config, 1, prompt.size(1) + new_tokens, "int8" if kv_int8 else "fp32")
         v["flops_per_token"] = m.flops_per_token(mean_context, training=False) if v["kind"] == "pruned" else fp32_flops
