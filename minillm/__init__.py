@@ -12,6 +12,8 @@ module                what it is for                                            
 ``pii``               privacy redaction                                            01
 ``curation``          the streaming curation pipeline                              01
 ``tokenizer``         character and byte-level BPE tokenizers (GPT-2 parity)       02
+``pretokenize``       pre-tokenization regexes; token bytes written as text        02
+``bpe_merges``        learning BPE merges; which tokens encode to themselves       02
 ``tokens``            token shards on disk, train/val split, batches               02
 ``corpus``            text -> tokenizer -> token shards, prepared once             02, 05
 ``attention``         attention written out and fused, GQA, positions, KV cache    03

@@ -19,8 +19,8 @@ Encoding a text with BPE takes four steps:
 3. turn each chunk into its UTF-8 bytes, one token per byte;
 4. apply the learned merges, lowest rank (earliest learned) first, until no
    adjacent pair has a merge. A chunk that is itself a token (most are) is that
-   token, without merging (:meth:`BPETokenizer._whole_tokens` says why that is
-   exact), and a per-chunk cache makes repeated words cost a dict lookup.
+   token, without merging (:func:`minillm.bpe_merges.whole_tokens` says why that
+   is exact), and a per-chunk cache makes repeated words cost a dict lookup.
 
 The same class serves a vocabulary trained here (:meth:`BPETokenizer.train`) and
 GPT-2's published one (:meth:`BPETokenizer.from_gpt2`), whose ids are *not* in byte
@@ -31,18 +31,21 @@ order: a tokenizer is a table ``id -> bytes`` plus a list of merges
 
 Code that only needs *a* tokenizer (the data pipeline, generation, fine-tuning)
 takes the :class:`Tokenizer` protocol, which both classes satisfy.
+
+What needs no tokenizer state lives in two modules beside this one:
+:mod:`minillm.pretokenize` (step 2's patterns, and :func:`bytes_to_text`,
+:func:`text_to_bytes` and :func:`gpt2_bytes_to_unicode`, which spell bytes as
+text; all importable from here too) and :mod:`minillm.bpe_merges` (training's
+merge loop, and the table of step 4's whole tokens).
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
 import json
 import operator
 import os
-import re
-import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -51,23 +54,25 @@ import regex
 import tiktoken
 
 from minillm import data
+from minillm.bpe_merges import learn_merges, whole_tokens
 from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write
-
-# GPT-2's pre-tokenizer: contractions, optional space + letters, optional space +
-# digits, optional space + other symbols, then whitespace runs (a run followed by
-# a word leaves its last space to that word).
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-# GPT-4 (cl100k) style: case-insensitive contractions, at most 3 digits per chunk,
-# newlines kept apart from other whitespace, one leading symbol glued to a word.
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+from minillm.pretokenize import (
+    _ASTRAL,
+    _SAFE_CUT,
+    GPT2_PATTERN,
+    PATTERNS,
+    _compile_pattern,
+    _gpt2_pattern_re,
+    _inside_special,
+    _utf8,
+    bytes_to_text,
+    gpt2_bytes_to_unicode,
+    text_to_bytes,
 )
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
-# Any character beyond U+FFFF (emoji, rare scripts): text without one can be split by
-# Python's built-in re instead of the regex module (see _gpt2_pattern_re).
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+# re-exported, so that `from minillm.tokenizer import GPT4_PATTERN` keeps working
+from minillm.pretokenize import GPT4_PATTERN as GPT4_PATTERN
+
 ENDOFTEXT = "<|endoftext|>"
 #: minillm's own tokenizer file in a checkpoint or corpus folder. Not "tokenizer.json":
 #: that name belongs to Hugging Face's tokenizers, and `minillm.hf.export_hf` writes one.
@@ -76,11 +81,6 @@ LEGACY_TOKENIZER_FILE = "tokenizer.json"  # the name minillm used before; still 
 #: Pieces of more bytes than this are merged by BPETokenizer._bpe_long (a heap), the
 #: rest by BPETokenizer._bpe (two short lists), which is faster for short pieces.
 _LONG_PIECE = 64
-
-# encode_iterable may cut its buffer right after a letter/digit followed by any
-# whitespace, or after any non-space followed by a space or tab: neither pattern
-# above has a chunk that spans such a position, nor looks past it (see the method).
-_SAFE_CUT = regex.compile(r"[\p{L}\p{N}]\s|\S[ \t]", flags=regex.REVERSE)
 
 #: What ``allowed_special`` / ``disallowed_special`` accept: "all" or a set of special-token names.
 SpecialNames = Literal["all"] | Iterable[str]
@@ -276,152 +276,6 @@ def _as_int_list(ids) -> list[int]:
         raise TypeError(f"token ids must be integers, got {bad!r} ({type(bad).__name__})") from None
 
 
-def _compile_pattern(pattern: str) -> regex.Pattern:
-    """Compile a pre-tokenization regex; findall must return whole matches."""
-    if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be 'gpt2', 'gpt4' or a regex string, got {type(pattern).__name__}")
-    try:
-        compiled = regex.compile(pattern)
-    except regex.error as e:
-        raise DataError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
-    if compiled.groups:
-        raise DataError("the pre-tokenization pattern must not have capturing groups; "
-                         "write (?:...) instead of (...)")
-    return compiled
-
-
-@functools.cache
-def _gpt2_pattern_re() -> re.Pattern:
-    """:data:`GPT2_PATTERN` for Python's built-in ``re``, which finds the same chunks on
-    any text without characters beyond U+FFFF, about twice as fast as ``regex``.
-
-    ``re`` knows no ``\\p{L}`` (letter) or ``\\p{N}`` (number), and its ``\\s`` also
-    matches U+001C..U+001F, which ``regex``'s does not. So the three classes are
-    spelled out as the ranges of characters U+0000..U+FFFF that ``regex`` itself
-    puts in them, and ``\\S`` becomes ``[^\\s]``. Beyond U+FFFF the ranges would be
-    checked one by one, which is slow: :meth:`BPETokenizer.pre_tokenize` sends such
-    text to ``regex``. The possessive ``++`` (Python 3.11+) become ``+``: nothing
-    follows them in their alternative but ``$``, so ``re`` never backtracks into
-    them. ``tests/test_tokenizer.py`` checks the two on random text.
-    """
-    bmp = "".join(map(chr, range(0x10000)))
-
-    def ranges(cls: str) -> str:  # e.g. r"\u0041-\u005a\u0061-\u007a..." (in bmp, index = code point)
-        return "".join(f"\\u{m.start():04x}-\\u{m.end() - 1:04x}" for m in regex.finditer(cls + "+", bmp))
-
-    letter, number, space = ranges(r"\p{L}"), ranges(r"\p{N}"), ranges(r"\s")
-    return re.compile(rf"""'(?:[sdmt]|ll|ve|re)| ?[{letter}]+| ?[{number}]+| ?[^{space}{letter}{number}]+"""
-                      rf"""|[{space}]+$|[{space}]+(?![^{space}])|[{space}]""")
-
-
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``; lone surrogates (not encodable) become U+FFFD, as in tiktoken."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-
-
-def bytes_to_text(b: bytes) -> str:
-    """Readable, reversible text for a token's bytes: UTF-8 where valid, ``\\xNN`` for
-    other bytes, and ``\\\\`` for a backslash (the inverse is :func:`text_to_bytes`)."""
-    return b.replace(b"\\", b"\\\\").decode("utf-8", errors="backslashreplace")
-
-
-_ESCAPE = regex.compile(r"\\(\\|x[0-9a-f]{2})")
-
-
-def text_to_bytes(s: str) -> bytes:
-    """Inverse of :func:`bytes_to_text`."""
-    out, pos = bytearray(), 0
-    for m in _ESCAPE.finditer(s):
-        out += s[pos : m.start()].encode("utf-8")
-        out += b"\\" if m.group(1) == "\\" else bytes([int(m.group(1)[1:], 16)])
-        pos = m.end()
-    out += s[pos:].encode("utf-8")
-    return bytes(out)
-
-
-def gpt2_bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character, used in ``encoder.json``
-    and ``vocab.bpe``: printable Latin-1 bytes stand for themselves, the other 68
-    (control characters, space, ...) are shifted to U+0100 and up, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    mapping, shifted = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + shifted)
-            shifted += 1
-    return mapping
-
-
-def _inside_special(buffer: str, cut: int, specials: Iterable[str]) -> bool:
-    """Whether position ``cut`` of ``buffer`` may fall inside a special token: one that
-    starts before ``cut`` and either ends after it or runs past the buffer's end."""
-    for s in specials:
-        for start in range(max(cut - len(s) + 1, 0), cut):
-            if buffer.startswith(s, start) or (start + len(s) > len(buffer) and s.startswith(buffer[start:])):
-                return True
-    return False
-
-
-def _learn_merges(words: list[list[int]], freqs: list[int], n_merges: int) -> list[tuple[int, int, int]]:
-    """The BPE merges of a corpus given as unique chunks (byte ids) with counts.
-
-    ``pair_counts`` holds every adjacent pair's total count, ``where`` the chunks
-    in which a pair may occur (stale entries are skipped), and ``heap`` entries
-    ``(-count, pair)`` (stale when the count has changed since the push).
-    ``words`` is modified in place.
-    """
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for w, (word, c) in enumerate(zip(words, freqs)):
-        for pair in zip(word, word[1:]):
-            pair_counts[pair] += c
-            where[pair].add(w)
-    heap = [(-c, pair) for pair, c in pair_counts.items()]
-    heapq.heapify(heap)
-    merges: list[tuple[int, int, int]] = []
-    while len(merges) < n_merges:
-        while heap and pair_counts.get(heap[0][1], 0) != -heap[0][0]:
-            heapq.heappop(heap)  # stale entry
-        if not heap:
-            warnings.warn(f"BPE training stopped after {len(merges)} of {n_merges} merges: no pair "
-                          "of tokens is left to merge (the training text is too small)", stacklevel=3)
-            break
-        _, (a, b) = heapq.heappop(heap)
-        new = 256 + len(merges)
-        merges.append((a, b, new))
-        delta: dict[tuple[int, int], int] = defaultdict(int)
-        for w in where.pop((a, b)):
-            word, out, i = words[w], [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            if len(out) == len(word):
-                continue  # stale: this chunk no longer holds the pair
-            c = freqs[w]
-            for pair in zip(word, word[1:]):
-                delta[pair] -= c
-            for pair in zip(out, out[1:]):
-                delta[pair] += c
-                where[pair].add(w)
-            words[w] = out
-        for pair, d in delta.items():
-            if d:
-                pair_counts[pair] += d
-                if pair_counts[pair] > 0:
-                    heapq.heappush(heap, (-pair_counts[pair], pair))
-                else:
-                    del pair_counts[pair]
-    return merges
-
 
 class BPETokenizer:
     """Byte-level BPE tokenizer with tiktoken's encode/decode semantics.
@@ -474,7 +328,7 @@ class BPETokenizer:
         self.cache_size = cache_size
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_res: dict[frozenset[str], regex.Pattern] = {}
-        self._whole = self._whole_tokens()
+        self._whole = whole_tokens(self._vocab, self._byte_ids, self.merges, self._ranks)
         self._re = _gpt2_pattern_re() if self.pattern == GPT2_PATTERN else None
 
     # ----------------------------------------------------------------- training
@@ -519,7 +373,7 @@ class BPETokenizer:
             raise DataError("the training text is empty (after removing special tokens)")
         words = [list(_utf8(chunk)) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
-        merges = _learn_merges(words, freqs, vocab_size - 256 - len(specials))
+        merges = learn_merges(words, freqs, vocab_size - 256 - len(specials))
         vocab = [bytes([b]) for b in range(256)]
         for a, b, _ in merges:
             vocab.append(vocab[a] + vocab[b])
@@ -633,75 +487,6 @@ class BPETokenizer:
                     heapq.heappush(heap, (new, i))
         return tuple(t for t in ids if t is not None)
 
-    def _whole_tokens(self) -> dict[str, tuple[int]]:
-        """``text -> (id,)`` for every token that :meth:`_bpe` turns back into itself.
-
-        A chunk whose bytes are such a token needs no merging: its ids are that
-        one token (tiktoken takes the same shortcut). Most chunks of a text are
-        (``" the"``, ``" learning"``), so encoding skips most of the merge loop.
-
-        Does every token come back? In a vocabulary learned by BPE (:meth:`train`,
-        GPT-2's), yes: ``t = a + b`` was learned where ``a`` and ``b`` stood side
-        by side, and the merges that made them from t's bytes happen the same way
-        with no text around. In a hand-made list of merges, not always: with
-        ``b c``, then ``a b``, then ``ab c``, the bytes ``abc`` become ``a`` +
-        ``bc`` and stop. So each token is checked, in merge order, without
-        running the merge loop on its bytes:
-
-        ``t = a + b``, made by the merge of rank k, comes back if ``a`` and ``b``
-        do and, before rank k, no merge joins a token on a's side of the
-        boundary to one on b's side. The token at the end of a's side is, in
-        turn, each token of a's *right spine* (a's last byte, the token that
-        took it in, ..., ``a``); the token at the start of b's side each of b's
-        *left spine*. A pair ``(x, y)`` of them merges if its rank q comes after
-        both are made, before x is taken into its left neighbour (a merge of the
-        same rank further left goes first) and no later than y is taken into its
-        right neighbour (there ``(x, y)`` is the leftmost pair, so it goes first).
-        Walking both spines in time order looks up only the pairs that meet: for
-        GPT-2's 50,000 tokens that is about 4x faster than running the merge loop
-        on each (a few tenths of a second, once per tokenizer).
-
-        Ranks count time only if every merge ranks after the merges that make
-        its two parts, and each token is made by one merge (as in any learned
-        vocabulary, and as :meth:`to_tiktoken` requires). Otherwise the table is
-        empty: no shortcut. Only tokens whose bytes are valid UTF-8 can be a
-        chunk, so only they are in the table.
-        """
-        made = {t: -1 for t in self._byte_ids}  # token -> rank of the merge that makes it
-        for k, (a, b, t) in enumerate(self.merges):
-            if t in made or made.get(a, k) >= k or made.get(b, k) >= k:
-                return {}
-            made[t] = k
-        ranks, never = self._ranks, len(self.merges)
-        # token that comes back -> (its left or right spine from the byte up, the rank that made each)
-        left = {t: ((t,), (-1,)) for t in self._byte_ids}
-        right = dict(left)
-        for k, (a, b, t) in enumerate(self.merges):
-            if a not in left or b not in left:
-                continue  # a part that does not come back: neither does t
-            (xs, x_made), (ys, y_made) = right[a], left[b]
-            # xs[i] is at the boundary from rank x_made[i] to x_made[i + 1] (a: to k); ys alike
-            x_made, y_made, i, j = x_made + (k,), y_made + (k,), 0, 0
-            while True:  # each pair (xs[i], ys[j]) that meet at the boundary, in time order
-                q = ranks.get((xs[i], ys[j]), never)
-                if x_made[i] < q < x_made[i + 1] and y_made[j] < q <= y_made[j + 1]:
-                    break  # they merge across the boundary: t does not come back
-                if x_made[i + 1] < y_made[j + 1]:
-                    i += 1
-                elif j + 1 < len(ys):
-                    j += 1
-                else:  # no pair merged: t comes back
-                    left[t] = (left[a][0] + (t,), left[a][1] + (k,))
-                    right[t] = (right[b][0] + (t,), right[b][1] + (k,))
-                    break
-        whole = {}
-        for t in left:
-            try:
-                whole[self._vocab[t].decode("utf-8")] = (t,)
-            except UnicodeDecodeError:
-                pass
-        return whole
-
     def pre_tokenize(self, text: str) -> list[str]:
         """The chunks of ``text`` (step 2 of encoding), e.g. ``["Hello", ",", " world"]``.
 
@@ -715,8 +500,9 @@ class BPETokenizer:
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of ``text`` with special-token text encoded as ordinary text.
 
-        Each chunk is, in this order: a token itself (:meth:`_whole_tokens`), in
-        the cache, or run through :meth:`_bpe` and cached.
+        Each chunk is, in this order: a token itself
+        (:func:`~minillm.bpe_merges.whole_tokens`), in the cache, or run through
+        :meth:`_bpe` and cached.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
