@@ -9,9 +9,10 @@ tokenizer, so they live here:
   and again, on a corpus given as unique chunks (byte ids) and their counts
   (:meth:`minillm.tokenizer.BPETokenizer.train` cuts the text and builds the
   vocabulary around it);
-* :func:`whole_tokens`: the tokens that the merge loop turns back into
-  themselves, without running it on each; a chunk that is such a token is
-  encoded as that one id (the shortcut of
+* :func:`tokens_that_come_back`: the tokens that the merge loop turns back
+  into themselves, without running it on each, and :func:`whole_tokens`, the
+  table of those that can be a chunk: a chunk that is such a token is encoded
+  as that one id (the shortcut of
   :meth:`minillm.tokenizer.BPETokenizer.encode_ordinary`).
 
 The merge loop itself (``BPETokenizer._bpe``, and ``_bpe_long`` for long
@@ -85,18 +86,15 @@ def learn_merges(words: list[list[int]], freqs: list[int], n_merges: int) -> lis
     return merges
 
 
-def whole_tokens(vocab: list[bytes], byte_ids: list[int], merges: list[tuple[int, int, int]],
-                 ranks: dict[tuple[int, int], int]) -> dict[str, tuple[int]]:
-    """``text -> (id,)`` for every token that ``BPETokenizer._bpe`` (the merge loop) turns back into itself.
+def tokens_that_come_back(byte_ids: list[int], merges: list[tuple[int, int, int]],
+                          ranks: dict[tuple[int, int], int]) -> set[int] | None:
+    """The ids of the tokens that ``BPETokenizer._bpe`` (the merge loop) turns back into themselves.
 
-    ``vocab[i]`` is the bytes of token ``i``, ``byte_ids[b]`` the id of byte ``b``,
-    ``merges`` the ``(left, right, merged)`` triples in priority order and
-    ``ranks`` the rank of each merged pair (of its first merge), as a
-    :class:`~minillm.tokenizer.BPETokenizer` holds them.
-
-    A chunk whose bytes are such a token needs no merging: its ids are that
-    one token (tiktoken takes the same shortcut). Most chunks of a text are
-    (``" the"``, ``" learning"``), so encoding skips most of the merge loop.
+    ``byte_ids[b]`` is the id of byte ``b``, ``merges`` the ``(left, right,
+    merged)`` triples in priority order and ``ranks`` the rank of each merged
+    pair (of its first merge), as a :class:`~minillm.tokenizer.BPETokenizer`
+    holds them. Every byte comes back; a merged token ``t`` comes back if the
+    merge loop, run on t's bytes alone, ends with the one token ``t``.
 
     Does every token come back? In a vocabulary learned by BPE
     (:meth:`~minillm.tokenizer.BPETokenizer.train`, GPT-2's), yes: ``t = a + b``
@@ -122,13 +120,13 @@ def whole_tokens(vocab: list[bytes], byte_ids: list[int], merges: list[tuple[int
     Ranks count time only if every merge ranks after the merges that make
     its two parts, and each token is made by one merge (as in any learned
     vocabulary, and as :meth:`~minillm.tokenizer.BPETokenizer.to_tiktoken`
-    requires). Otherwise the table is empty: no shortcut. Only tokens whose
-    bytes are valid UTF-8 can be a chunk, so only they are in the table.
+    requires). Otherwise the answer is None: not known without running the
+    merge loop.
     """
     made = {t: -1 for t in byte_ids}  # token -> rank of the merge that makes it
     for k, (a, b, t) in enumerate(merges):
         if t in made or made.get(a, k) >= k or made.get(b, k) >= k:
-            return {}
+            return None
         made[t] = k
     never = len(merges)
     # token that comes back -> (its left or right spine from the byte up, the rank that made each)
@@ -152,8 +150,21 @@ def whole_tokens(vocab: list[bytes], byte_ids: list[int], merges: list[tuple[int
                 left[t] = (left[a][0] + (t,), left[a][1] + (k,))
                 right[t] = (right[b][0] + (t,), right[b][1] + (k,))
                 break
+    return set(left)
+
+
+def whole_tokens(vocab: list[bytes], back: set[int] | None) -> dict[str, tuple[int]]:
+    """``text -> (id,)`` for every token in ``back`` (:func:`tokens_that_come_back`) that can be a chunk.
+
+    ``vocab[i]`` is the bytes of token ``i``. A chunk whose bytes are a token
+    that comes back needs no merging: its ids are that one token (tiktoken
+    takes the same shortcut). Most chunks of a text are (``" the"``,
+    ``" learning"``), so encoding skips most of the merge loop. Only tokens
+    whose bytes are valid UTF-8 can be a chunk, so only they are in the table;
+    with ``back`` None (not known) the table is empty: no shortcut.
+    """
     whole = {}
-    for t in left:
+    for t in back or ():
         try:
             whole[vocab[t].decode("utf-8")] = (t,)
         except UnicodeDecodeError:

@@ -19,8 +19,8 @@ Encoding a text with BPE takes four steps:
 3. turn each chunk into its UTF-8 bytes, one token per byte;
 4. apply the learned merges, lowest rank (earliest learned) first, until no
    adjacent pair has a merge. A chunk that is itself a token (most are) is that
-   token, without merging (:func:`minillm.bpe_merges.whole_tokens` says why that
-   is exact), and a per-chunk cache makes repeated words cost a dict lookup.
+   token, without merging (:func:`minillm.bpe_merges.tokens_that_come_back` says
+   why that is exact), and a per-chunk cache makes repeated words cost a dict lookup.
 
 The same class serves a vocabulary trained here (:meth:`BPETokenizer.train`) and
 GPT-2's published one (:meth:`BPETokenizer.from_gpt2`), whose ids are *not* in byte
@@ -54,7 +54,7 @@ import regex
 import tiktoken
 
 from minillm import data
-from minillm.bpe_merges import learn_merges, whole_tokens
+from minillm.bpe_merges import learn_merges, tokens_that_come_back, whole_tokens
 from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write
 from minillm.pretokenize import (
@@ -328,7 +328,8 @@ class BPETokenizer:
         self.cache_size = cache_size
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_res: dict[frozenset[str], regex.Pattern] = {}
-        self._whole = whole_tokens(self._vocab, self._byte_ids, self.merges, self._ranks)
+        self._back = tokens_that_come_back(self._byte_ids, self.merges, self._ranks)  # None: not known
+        self._whole = whole_tokens(self._vocab, self._back)
         self._re = _gpt2_pattern_re() if self.pattern == GPT2_PATTERN else None
 
     # ----------------------------------------------------------------- training
@@ -643,15 +644,31 @@ class BPETokenizer:
         """This tokenizer as a ``tiktoken.Encoding`` that gives the same ids (and encodes in Rust).
 
         tiktoken keeps no list of merges: within a chunk it repeatedly merges the
-        adjacent pair whose *concatenated bytes* have the lowest rank, and a
-        token's rank is its id. That reproduces our rule (lowest merge rank
-        first) when
+        adjacent pair whose *concatenated bytes* have the lowest rank, a token's
+        rank is its id, and a chunk whose bytes are a token is that token at
+        once. That reproduces our rule (lowest merge rank first) when
 
         * ordinary tokens have distinct bytes (see :meth:`mergeable_ranks`);
         * every ordinary token is a single byte or made by exactly one merge
           (tiktoken would also build a token that no merge makes);
         * merged ids increase with merge rank (tiktoken's priority is the id),
-          and a merged token's id is greater than its parts' ids.
+          and a merged token's id is greater than its parts' ids;
+        * every ordinary token comes back: our merge loop turns its bytes into
+          that one token (with ``b c``, ``a b``, ``ab c`` it turns ``abc`` into
+          ``a`` + ``bc``, tiktoken into ``abc``). This is the set of
+          :func:`~minillm.bpe_merges.tokens_that_come_back`, computed once per
+          tokenizer; where it is not known (a merge with a special token as a
+          part; the conditions above rule out every other cause) the merge loop
+          runs on each token's bytes instead. Tokens that are not valid UTF-8
+          are checked too, as they can be the middle of a chunk; so is a token
+          that no chunk can hold (there the check refuses more than it must).
+
+        Why these suffice, mid-chunk too: merges of listed pairs come in the same
+        order under both rules (a merge creates only pairs of later rank), so the
+        two part only where tiktoken would join adjacent x, y whose bytes form a
+        token t not made by ``(x, y)``. No token then crosses the edges of t's
+        bytes, so our loop on t's bytes alone makes the same merges inside them,
+        reaches x, y and stops: t would not come back.
 
         Vocabularies learned by BPE (:meth:`train`, GPT-2's) meet these; any
         other raises ConfigError saying which condition fails. So does a custom
@@ -677,6 +694,16 @@ class BPETokenizer:
                     "the merged token's id, so a tokenizer whose merged ids do not grow with merge rank cannot be "
                     "expressed")
             previous = m
+        back = self._back
+        if back is None:  # not known without running the merge loop (see the docstring)
+            back = {t for t in ranks.values() if self._bpe(self._vocab[t]) == (t,)}
+        lost = sorted(set(ranks.values()) - back)
+        if lost:
+            t = lost[0]
+            raise ConfigError(
+                f"token {t} ({self._vocab[t]!r}) does not come back: our encoder splits its bytes into the tokens "
+                f"{list(self._bpe(self._vocab[t]))}, tiktoken would give the token itself (it merges any adjacent "
+                "pair whose bytes are a token)")
         try:
             return tiktoken.Encoding(name, pat_str=self.pattern, mergeable_ranks=ranks,
                                      special_tokens=dict(self.special_tokens), explicit_n_vocab=self.vocab_size)

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import regex
 import tiktoken
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from minillm import data
@@ -875,3 +875,57 @@ def test_to_tiktoken_refuses_what_it_cannot_express():
         BPETokenizer(byte_vocab + [b"ab"], [(97, 98, 256), (97, 98, 256)]).to_tiktoken()
     with pytest.raises(ConfigError, match="pattern"):  # fine for `regex`, unknown to tiktoken
         BPETokenizer(byte_vocab, [], pattern=r"(?r)\w+|\s").to_tiktoken()
+
+
+def test_to_tiktoken_refuses_a_token_that_does_not_come_back():
+    """With "b c", then "a b", then "ab c", our encoder turns "abc" into "a" + "bc" (no merge
+    joins them), tiktoken into "abc" (its bytes are a token). A token made from a special
+    token is never made by our encoder: there the merge loop runs on each token's bytes."""
+    a, b, c = ord("a"), ord("b"), ord("c")
+    byte_vocab = [bytes([i]) for i in range(256)]
+    tok = BPETokenizer(byte_vocab + [b"bc", b"ab", b"abc"], [(b, c, 256), (a, b, 257), (257, c, 258)], {})
+    with pytest.raises(ConfigError, match=r"token 258 \(b'abc'\) does not come back: .* \[97, 256\], tiktoken"):
+        tok.to_tiktoken()
+    tok = BPETokenizer(byte_vocab + [b"<|x|>", b"<|x|>a"], [(256, a, 257)], {"<|x|>": 256})
+    assert tok._back is None  # the special token is a part: not known without the merge loop
+    with pytest.raises(ConfigError, match=r"token 257 \(b'<\|x\|>a'\) does not come back"):
+        tok.to_tiktoken()
+
+
+@st.composite
+def hand_made_merges(draw) -> tuple[str, list[bytes], list[tuple[int, int, int]]]:
+    """(letters, vocabulary, merges): up to 10 merges, each of two tokens made so far (bytes
+    of the letters or earlier merges) into new bytes, with ids 256, 257, ... in merge order.
+    The constructor and to_tiktoken's other conditions accept them; many have tokens that
+    do not come back."""
+    letters = draw(st.sampled_from(["ab", "abc", "ab ", "abc "]))
+    vocab, tokens, merges = [bytes([i]) for i in range(256)], [ord(ch) for ch in letters], []
+    for i, j in draw(st.lists(st.tuples(st.integers(0, 15), st.integers(0, 15)), min_size=1, max_size=10)):
+        x, y = tokens[i % len(tokens)], tokens[j % len(tokens)]
+        if vocab[x] + vocab[y] not in vocab[256:]:  # ordinary tokens need distinct bytes
+            merges.append((x, y, len(vocab)))
+            tokens.append(len(vocab))
+            vocab.append(vocab[x] + vocab[y])
+    return letters, vocab, merges
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(hand_made_merges(), st.data())
+def test_to_tiktoken_gives_our_ids_whenever_it_accepts(made, more):
+    """Random hand-made merges: where to_tiktoken accepts, tiktoken's ids are ours on random
+    texts of the letters (and on each token's text); it refuses exactly where a token does
+    not come back (the merge loop run on each token's bytes), naming the first such token."""
+    letters, vocab, merges = made
+    tok = BPETokenizer(vocab, merges, {})
+    lost = [t for t in range(256, len(vocab)) if tok._bpe(vocab[t]) != (t,)]
+    try:
+        enc = tok.to_tiktoken()
+    except ConfigError as err:
+        event("refused")
+        assert lost and f"token {lost[0]} (" in str(err)
+        return
+    event("accepted")
+    texts = more.draw(st.lists(st.text(letters, max_size=40), max_size=5))
+    for text in texts + [vocab[t].decode() for t in range(256, len(vocab))]:
+        assert enc.encode_ordinary(text) == tok.encode_ordinary(text), (merges, text)
+    assert not lost
