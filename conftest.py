@@ -111,7 +111,7 @@ def pytest_configure(config):
 
     Chapters 03, 05, 07 and 08, appendices C and E and two solutions load the book
     model or its chat version from the cache (`minillm.book_run`, `book_chat_run`).
-    Training takes a quarter of an hour on two cores: started here, in a process of its
+    Training takes about ten minutes on two cores: started here, in a process of its
     own, it runs while the xdist workers take the unit tests and the notebooks that
     need no book model (`pytest_collection_modifyitems` orders them first). A notebook
     that needs it waits on the run's lock (`minillm.pretrained._build_once`) and then

@@ -270,10 +270,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_interval=200, eval_batches=10, precision="auto", sample_prompt="def fibonacci(n):\n", sample_tokens=60,
     ),
     # the book model (chapter 05's main run; minillm.pretrained.book_run caches it for the later chapters):
-    # the curated standard library, a 2,048-token BPE, 4 layers of width 128, 3,000 steps of 2,048 tokens
+    # the curated standard library, a 2,048-token BPE, 4 layers of width 128, 3,000 steps of 1,024 tokens
     "book": dict(
         data="python-stdlib-curated", tokenizer="bpe", vocab_size=2048, tokenizer_chars=2_000_000,
-        model=dict(n_layer=4, n_head=4, d_model=128, context_length=128, dropout=0.0), batch_size=16,
+        model=dict(n_layer=4, n_head=4, d_model=128, context_length=128, dropout=0.0), batch_size=8,
         max_steps=3000, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1, eval_interval=500,
         eval_batches=20, precision="fp32", device="cpu", sample_prompt="def fibonacci(n):\n", sample_tokens=80,
     ),
