@@ -32,11 +32,11 @@ if _SHARED.is_dir():
 #: The CPU kernels every pytest process and notebook kernel uses on x86-64: AVX2 code in
 #: PyTorch's own kernels (softmax, norms, reductions, the fused AdamW, CPU flash attention)
 #: and in MKL's matrix products. PyTorch otherwise picks AVX-512 code where the CPU has it,
-#: and AVX-512 rounds differently in the last bits: the book model trained on such a CPU
-#: ends at a validation loss of 3.18830 instead of 3.18779, and its sampled text, and
-#: every output that quotes it, differ. The committed notebook outputs come from AVX2
-#: kernels, which every x86-64 CPU of the last decade has; pinned here (before anything
-#: imports torch), a CI machine of either kind reproduces them. Set the variables yourself
+#: and AVX-512 rounds differently in the last bits: the book model of the preset's earlier,
+#: larger run, trained on such a CPU, ended at a validation loss of 3.18830 instead of
+#: 3.18779, and its sampled text, and every output that quotes it, differed. The committed
+#: notebook outputs come from AVX2 kernels, which every x86-64 CPU of the last decade has;
+#: pinned here (before anything imports torch), a CI machine of either kind reproduces them. Set the variables yourself
 #: to re-execute a notebook exactly: `ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 jupyter nbconvert ...`.
 REPRODUCIBLE_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 if platform.machine().lower() in ("x86_64", "amd64"):
@@ -111,7 +111,7 @@ def pytest_configure(config):
 
     Chapters 03, 05, 07 and 08, appendices C and E and two solutions load the book
     model or its chat version from the cache (`minillm.book_run`, `book_chat_run`).
-    Training takes about ten minutes on two cores: started here, in a process of its
+    Training takes 4 to 10 minutes on two cores: started here, in a process of its
     own, it runs while the xdist workers take the unit tests and the notebooks that
     need no book model (`pytest_collection_modifyitems` orders them first). A notebook
     that needs it waits on the run's lock (`minillm.pretrained._build_once`) and then

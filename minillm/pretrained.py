@@ -3,7 +3,7 @@
 **The book model** (`book_model()`) is the reader's own model: chapter 01's
 curated standard library (`minillm.corpus.curated_stdlib`), chapter 02's BPE
 tokenizer learned on it, and chapter 05's main run, the `book` preset
-(`book_config()`). Chapter 05 trains it (about 10 minutes on a 2-core CPU);
+(`book_config()`). Chapter 05 trains it (4 to 10 minutes on a 2-core CPU);
 chapters 03, 07 and 08 load the same run. `book_run()` returns its run folder
 (checkpoint, `metrics.jsonl`, samples, loss plot) under
 `<cache>/book/book-<scale>-<digest of its config>/`, training it first when
