@@ -12,7 +12,11 @@ The book model is a Python code model, so its skill is writing code:
 * `parse_rate(attempts)`: the share of attempts that wrote a body of at
   least one statement, ended, and parse, with its binomial standard error;
 * `exact_match(model, tok, examples)`: the share of instructions (e.g.
-  `minillm.synthetic.list_tasks`) whose greedy response equals the answer.
+  `minillm.synthetic.list_tasks`) whose greedy response equals the answer;
+* `next_line_questions(docs, names, n)` and `next_line_accuracy(model, tok, questions)`:
+  chapter 08's in-domain benchmark, which of four lines of a held-out file comes
+  next, scored by log-likelihood (acc, acc_norm) and by mutual information
+  (how much the context raises each line's log-likelihood).
 
 A random model almost never ends a function with valid syntax; a trained
 one usually does. Parsing is a low bar (the code need not be right), which is
@@ -24,16 +28,21 @@ from __future__ import annotations
 import ast
 import itertools
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from minillm.evaluate import binomial_stderr
+import numpy as np
+
+from minillm.evaluate import binomial_stderr, encode_pair, loglikelihoods, score_multiple_choice
 from minillm.batching import decode_together
 from minillm.codedata import documented_functions
 from minillm.errors import DataError
 from minillm.generate import TextDecoder, stream_text
 from minillm.instruct import generate_response
 from minillm.model import GPT
+from minillm.tasks import MCExample
 from minillm.tokenizer import ENDOFTEXT, Tokenizer
 
 
@@ -200,3 +209,69 @@ def exact_match(model: GPT, tokenizer: Tokenizer, examples: list[dict], template
     """(share of examples whose greedy response equals their `output`, the responses), whitespace-stripped."""
     responses = [generate_response(model, tokenizer, ex, template, max_new_tokens) for ex in examples]
     return Rate(sum(r == ex["output"].strip() for r, ex in zip(responses, examples)), len(examples)), responses
+
+
+def next_line_questions(docs: Sequence[str], names: Sequence[str], n: int, seed: int = 0, context_lines: int = 24,
+                        min_chars: int = 20, max_chars: int = 72) -> list[MCExample]:  # fmt: skip
+    """n questions "which line comes next?" from held-out files (chapter 08 writes the same out inline).
+
+    A question is the `context_lines` lines before a line of `min_chars` to
+    `max_chars` characters that is not a comment; its choices are that line and
+    three other lines of the same file whose stripped length is within 3
+    characters of it, all indented like the real one. `names[i]` names `docs[i]`.
+    """
+    if n < 1 or len(docs) != len(names):
+        raise DataError(f"need n >= 1 and one name per document, got n={n}, {len(docs)} docs, {len(names)} names")
+    rng = random.Random(seed)
+    files = [doc.split("\n") for doc in docs]
+
+    def usable(line: str) -> bool:
+        text = line.strip()
+        return min_chars <= len(text) <= max_chars and not text.startswith("#")
+
+    by_length: dict[tuple[int, int], set[str]] = {}  # (file, stripped length) -> stripped lines: the distractors
+    for f, lines in enumerate(files):
+        for line in lines:
+            if usable(line):
+                by_length.setdefault((f, len(line.strip())), set()).add(line.strip())
+    spots = [(f, i) for f, lines in enumerate(files) for i, line in enumerate(lines) if i >= 4 and usable(line)]
+    if not spots:
+        raise DataError("no line in these documents can be a question")
+    out: list[MCExample] = []
+    for _ in range(1000 * n):  # a spot without three lines of its length is drawn again
+        if len(out) == n:
+            return out
+        f, i = rng.choice(spots)
+        line = files[f][i]
+        answer, indent = line.strip(), line[: len(line) - len(line.lstrip())]
+        pool = sorted({text for k in range(len(answer) - 3, len(answer) + 4)
+                       for text in by_length.get((f, k), ()) if text != answer})  # fmt: skip
+        if len(pool) < 3:
+            continue
+        options = [answer] + rng.sample(pool, 3)
+        rng.shuffle(options)
+        context = "\n".join(files[f][max(0, i - context_lines) : i])
+        out.append(MCExample(id=f"{names[f]}:{i + 1}", question=context, choices=[indent + o for o in options],
+                             label=options.index(answer), context=context,
+                             continuations=["\n" + indent + o for o in options], subject=names[f]))  # fmt: skip
+    raise DataError(f"found {len(out)} of {n} questions: too few lines of similar length in these documents")
+
+
+def next_line_accuracy(model: GPT, tokenizer: Tokenizer, questions: Sequence[MCExample],
+                       batch_size: int = 32) -> dict[str, Any]:  # fmt: skip
+    """`score_multiple_choice`'s metrics (acc, acc_norm, acc_token, with standard errors) plus acc_mutual_info.
+
+    acc_mutual_info picks the choice whose log-likelihood the context raises most,
+    log p(line | context) - log p(line | <|endoftext|>), so that a line that is
+    likely anywhere (a common idiom) does not win by being common.
+    """
+    result = score_multiple_choice(model, tokenizer, questions, batch_size=batch_size, task="next-line")
+    eot = tokenizer.special_tokens[ENDOFTEXT]
+    alone = loglikelihoods(model, [([eot], encode_pair(tokenizer, q.context, c)[1]) for q in questions
+                                   for c in q.continuations], batch_size=2 * batch_size)  # fmt: skip
+    picks, i = [], 0
+    for scores in result.scores:
+        picks.append(int(np.argmax(np.array(scores) - np.array(alone[i : i + len(scores)]))))
+        i += len(scores)
+    result.predictions["acc_mutual_info"] = picks
+    return result.metrics()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minillm
-from minillm import pretrained
+from minillm import pretrained, skills
 from minillm.config import book_scale, preset_config
 from minillm.corpus import CURATED_STDLIB, curated_stdlib, read_split_documents
 from minillm.curation import code_curation, curate, split_of
@@ -358,3 +358,80 @@ def test_an_interrupted_book_build_leaves_no_folder_and_frees_the_lock(tmp_path,
         assert sorted(p.name for p in target.parent.iterdir()) == []  # no staging folder, no lock file
     assert pretrained._build_once(target, lambda staging: staging.mkdir()) == (target, True)
     assert pretrained.book_run_folder("cpu", tmp_path / "book").name.startswith("book-cpu-")
+
+
+# -- chapter 08's next-line benchmark and the skills command's other tasks ------------------------
+
+#: Two small "files" whose lines come in groups of similar length, so that every line has distractors.
+NEXT_LINE_DOCS = ["\n".join(f"    value_{i:02d} = compute({i}, {i + 1})" for i in range(30)),
+                  "\n".join(f"result_{i:02d} = other_thing({i})" for i in range(30))]  # fmt: skip
+
+
+def test_next_line_questions_ask_for_the_real_line_among_three_of_its_file():
+    questions = skills.next_line_questions(NEXT_LINE_DOCS, ["a.py", "b.py"], 40, seed=3, context_lines=5)
+    assert len(questions) == 40 and questions == skills.next_line_questions(NEXT_LINE_DOCS, ["a.py", "b.py"], 40,
+                                                                          seed=3, context_lines=5)  # fmt: skip
+    for q in questions:
+        name, number = q.id.split(":")
+        lines = NEXT_LINE_DOCS[["a.py", "b.py"].index(name)].split("\n")
+        i = int(number) - 1  # the asked line, 1-based in the id
+        assert q.subject == name and q.context == "\n".join(lines[max(0, i - 5) : i])
+        assert q.choices[q.label] == lines[i] and len(set(q.choices)) == 4
+        indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
+        for choice, continuation in zip(q.choices, q.continuations):
+            assert choice in lines and choice.startswith(indent) and continuation == "\n" + choice
+            assert abs(len(choice.strip()) - len(lines[i].strip())) <= 3  # a line of about the same length
+    with pytest.raises(DataError, match="one name per document"):
+        skills.next_line_questions(NEXT_LINE_DOCS, ["a.py"], 3)
+    with pytest.raises(DataError, match="can be a question"):
+        skills.next_line_questions(["x = 1\ny = 2"], ["tiny.py"], 3)
+
+
+def test_next_line_accuracy_mutual_info_matches_a_token_loop(one_thread):
+    tok = BPETokenizer.train("\n".join(NEXT_LINE_DOCS) * 3, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=128, d_model=32, n_layer=1, n_head=2)).eval()
+    questions = skills.next_line_questions(NEXT_LINE_DOCS, ["a.py", "b.py"], 12, seed=1, context_lines=2)
+    metrics = skills.next_line_accuracy(model, tok, questions, batch_size=5)
+
+    def logp(prefix: list[int], ids: list[int]) -> float:  # summed log-probabilities of ids after prefix, by hand
+        x = torch.tensor([prefix + ids])
+        with torch.no_grad():
+            out = model(x[:, :-1])[0][0].log_softmax(-1)
+        return sum(float(out[len(prefix) - 1 + k, t]) for k, t in enumerate(ids))
+
+    eot, hits = tok.special_tokens[ENDOFTEXT], 0
+    for q in questions:
+        gains = []
+        for continuation in q.continuations:
+            context = tok.encode_ordinary(q.context)
+            ids = tok.encode_ordinary(q.context + continuation)[len(context):]
+            assert tok.encode_ordinary(q.context + continuation)[: len(context)] == context  # a clean token boundary
+            gains.append(logp(context, ids) - logp([eot], ids))
+        hits += max(range(4), key=lambda j: gains[j]) == q.label
+    assert metrics["n"] == 12 and metrics["acc_mutual_info"] == hits / 12
+    assert {"acc", "acc_norm", "acc_mutual_info_stderr"} <= set(metrics)
+
+
+def test_skills_command_scores_the_next_line_and_instructions(tmp_path, capsys, one_thread):
+    from minillm.checkpoint import save_model_folder
+    from minillm.cli import main
+    from minillm.instruct import add_special_tokens, resize_vocab
+
+    tok = BPETokenizer.train(GOOD * 20, 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, context_length=64, d_model=32, n_layer=1, n_head=2)).eval()
+    plain = save_model_folder(tmp_path / "plain", model, tok)
+    assert main(["skills", "--checkpoint", str(plain), "--task", "next-line", "--prompts", "8", "--untrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["untrained", "model"]
+    assert all("next line (n=8, chance 0.25)" in line and "acc_mutual_info" in line for line in lines)
+    # instructions need a chat model
+    assert main(["skills", "--checkpoint", str(plain), "--task", "instructions", "--prompts", "3"]) == 2
+    assert "no chat template markers" in capsys.readouterr().err
+    chat_tok = add_special_tokens(tok)
+    chat = save_model_folder(tmp_path / "chat", resize_vocab(model, chat_tok.vocab_size).eval(), chat_tok)
+    assert main(["skills", "--checkpoint", str(chat), "--task", "instructions", "--prompts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model      exact match ") and "(n=3) (greedy, up to " in out
+    assert main(["skills", "--checkpoint", str(chat), "--task", "sing"]) == 2

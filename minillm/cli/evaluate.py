@@ -2,6 +2,8 @@
 
     python -m minillm evaluate --checkpoint runs/base --tasks hellaswag,arc-easy --limit 200
     python -m minillm skills --checkpoint book --untrained            # the book model (chapters 05, 08)
+    python -m minillm skills --checkpoint book --untrained --task next-line     # chapter 08's next line
+    python -m minillm skills --checkpoint book-chat --task instructions         # chapter 07's exact match
 
 A thin layer over `minillm.harness` (`evaluate_tasks`, `format_table`), which
 runs the tasks of `minillm.tasks` with the scorers of `minillm.evaluate`.
@@ -63,15 +65,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = add_command(
         commands, "skills",
-        help="measure what a code model can do: the share of held-out functions it finishes in valid Python",
-        description="Give the model the header and docstring of top-level functions from the held-out files "
-        "of the book's curated corpus, let it write each body (temperature 0.4, top-k 50, seed i for prompt i) "
-        "until the function ends, and count the bodies that Python parses (minillm.skills). Prints the rate "
-        "with its standard error; --untrained also scores a randomly initialized model of the same shape.",
+        help="measure what a code model can do: functions it finishes in valid Python, the next line, instructions",
+        description="--task parse (chapter 05): give the model the header and docstring of top-level functions "
+        "from the held-out files of the book's curated corpus, let it write each body (temperature 0.4, top-k 50, "
+        "seed i for prompt i) until the function ends, and count the bodies that Python parses. --task next-line "
+        "(chapter 08): which of four lines of a held-out file comes next, by log-likelihood and by mutual "
+        "information. --task instructions (chapter 07): greedy exact match on held-out list instructions in the "
+        "chat template (a chat model, e.g. --checkpoint book-chat; with it, the book model with the chat markers "
+        "added and untuned is scored first). Prints each rate with its standard error; --untrained also scores a "
+        "randomly initialized model of the same shape (the run's step-0 weights for 'book').",
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True,
-                   help="run folder or checkpoint, or 'book' for the book model (trained first if not cached)")
-    p.add_argument("--prompts", type=int, default=60, help="number of held-out functions (default 60, as chapter 05)")
+                   help="run folder or checkpoint, 'book' for the book model or 'book-chat' for chapter 07's chat "
+                   "model (each trained first if not cached)")
+    p.add_argument("--task", choices=("parse", "next-line", "instructions"), default="parse",
+                   help="what to measure (default parse)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="functions, questions or instructions to score (default 60, 200, 200: as the chapters)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="token budget per function body (default: the model's context length, as chapter 05)")
     p.add_argument("--untrained", action="store_true", help="also score an untrained model of the same config")
@@ -141,28 +151,69 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_skills(args: argparse.Namespace) -> int:
-    """`skills`: the parse rate of held-out functions, for the model (and an untrained twin)."""
+    """`skills`: chapter 05's parse rate, chapter 08's next line or chapter 07's instructions, for a model (and a twin)."""
     import torch
 
     from minillm.corpus import curated_stdlib
     from minillm.errors import ConfigError
     from minillm.model import GPT
-    from minillm.pretrained import book_config, book_run
-    from minillm.skills import function_prompts, parse_rate, write_functions
+    from minillm.pretrained import book_chat_run, book_config, book_run
+    from minillm.skills import function_prompts, next_line_accuracy, next_line_questions, parse_rate, write_functions
 
-    if args.prompts < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
-        raise ConfigError(f"--prompts and --max-new-tokens must be positive, got {args.prompts} and "
-                          f"{args.max_new_tokens}")  # fmt: skip
-    folder = book_run(progress=True)[0] if args.checkpoint == "book" else args.checkpoint
+    n = args.prompts if args.prompts is not None else {"parse": 60, "next-line": 200, "instructions": 200}[args.task]
+    if n < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise ConfigError(f"--prompts and --max-new-tokens must be positive, got {n} and {args.max_new_tokens}")
+    if args.task == "instructions":
+        return _instructions(args, n)
+    folder = {"book": lambda: book_run(progress=True)[0], "book-chat": lambda: book_chat_run()[0]}.get(
+        args.checkpoint, lambda: args.checkpoint)()
     model, tokenizer = load_model_arg(str(folder))
-    prompts = function_prompts(curated_stdlib().validation, limit=args.prompts)
-    budget = args.max_new_tokens or model.config.context_length
     models = {"model": model}
     if args.untrained:
         torch.manual_seed(book_config().seed if args.checkpoint == "book" else 0)  # "book": the run's step-0 weights
         models = {"untrained": GPT(model.config).eval(), **models}
+    corpus = curated_stdlib()
+    if args.task == "next-line":
+        questions = next_line_questions(corpus.validation, corpus.paths["validation"], n)
+        for name, m in models.items():
+            r = next_line_accuracy(m, tokenizer, questions)
+            print(f"{name:<10} next line (n={r['n']}, chance {r['chance']:.2f}): " + ", ".join(
+                f"{k} {r[k]:.3f} ± {r[k + '_stderr']:.3f}" for k in ("acc", "acc_norm", "acc_mutual_info")))
+        return 0
+    prompts = function_prompts(corpus.validation, limit=n)
+    budget = args.max_new_tokens or model.config.context_length
     for name, m in models.items():
         attempts = write_functions(m, tokenizer, prompts, budget)
         ended = sum(a.ended for a in attempts) / len(attempts)
         print(f"{name:<10} parses {parse_rate(attempts)}; ended {ended:.2f}")
+    return 0
+
+
+def _instructions(args: argparse.Namespace, n: int) -> int:
+    """`skills --task instructions`: chapter 07's exact match on n held-out list instructions (chat template)."""
+    import torch
+
+    from minillm.errors import ConfigError
+    from minillm.instruct import add_special_tokens, resize_vocab
+    from minillm.pretrained import book_chat_rows, book_chat_run, book_run
+    from minillm.skills import exact_match
+    from minillm.synthetic import list_tasks, prompt_key
+
+    models = {}
+    if args.checkpoint in ("book", "book-chat"):
+        base, tokenizer = load_model_arg(str(book_run(progress=True)[0]))
+        chat_tokenizer = add_special_tokens(tokenizer)
+        models["untuned"] = (resize_vocab(base, chat_tokenizer.vocab_size).eval(), chat_tokenizer)
+        models["chat"] = load_model_arg(str(book_chat_run()[0]))
+    else:
+        models["model"] = load_model_arg(args.checkpoint)
+    if "<|assistant|>" not in models[next(reversed(models))][1].special_tokens:
+        raise ConfigError(f"{args.checkpoint} has no chat template markers: --task instructions needs a chat model "
+                          "(e.g. --checkpoint book-chat)")  # fmt: skip
+    held_out = list_tasks(n, seed=1, exclude={prompt_key(r) for r in book_chat_rows()})  # as chapter 07
+    torch.set_num_threads(1)  # token-by-token decoding is latency-bound (chapter 07 scores on one thread too)
+    for name, (m, tok) in models.items():
+        budget = args.max_new_tokens or min(64, max(len(tok.encode_ordinary(r["output"])) for r in held_out) + 1)
+        rate, _ = exact_match(m, tok, held_out, "chat", max_new_tokens=budget)
+        print(f"{name:<10} exact match {rate} (greedy, up to {budget} new tokens)")
     return 0
