@@ -6,7 +6,7 @@ argparse code. Each command is a thin layer: parse, call the library, print.
 * `minillm.cli.data`: `prepare`, `datasets`, `curate` (chapters 01-02);
 * `minillm.cli.train`: `train`, `generate`, `quickstart` (chapters 04-06);
 * `minillm.cli.finetune`: `finetune` (chapter 07);
-* `minillm.cli.evaluate`: `evaluate`, `skills` (chapters 05, 08);
+* `minillm.cli.evaluate`: `evaluate`, `skills` (chapters 05, 07, 08);
 * `minillm.cli.code`: `evaluate-code`, HumanEval/MBPP pass@k (appendix D);
 * `minillm.cli.export`: `export` (chapter 05);
 * `minillm.cli.serve`: `serve` (appendix C);
