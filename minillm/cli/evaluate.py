@@ -1,4 +1,4 @@
-"""`evaluate` (multiple-choice benchmarks) and `skills` (functions that parse, the next line, instructions), commands of `python -m minillm`.
+"""`evaluate` (multiple-choice benchmarks) and `skills` (what a model can do), commands of `python -m minillm`.
 
     python -m minillm evaluate --checkpoint runs/base --tasks hellaswag,arc-easy --limit 200
     python -m minillm skills --checkpoint book --untrained            # the book model (chapters 05, 08)
