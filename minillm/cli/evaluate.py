@@ -165,8 +165,12 @@ def run_skills(args: argparse.Namespace) -> int:
         raise ConfigError(f"--prompts and --max-new-tokens must be positive, got {n} and {args.max_new_tokens}")
     if args.task == "instructions":
         return _instructions(args, n)
-    folder = {"book": lambda: book_run(progress=True)[0], "book-chat": lambda: book_chat_run()[0]}.get(
-        args.checkpoint, lambda: args.checkpoint)()
+    if args.checkpoint == "book":
+        folder = book_run(progress=True)[0]
+    elif args.checkpoint == "book-chat":
+        folder = book_chat_run()[0]
+    else:
+        folder = args.checkpoint
     model, tokenizer = load_model_arg(str(folder))
     models = {"model": model}
     if args.untrained:
@@ -207,9 +211,9 @@ def _instructions(args: argparse.Namespace, n: int) -> int:
         models["chat"] = load_model_arg(str(book_chat_run()[0]))
     else:
         models["model"] = load_model_arg(args.checkpoint)
-    if "<|assistant|>" not in models[next(reversed(models))][1].special_tokens:
-        raise ConfigError(f"{args.checkpoint} has no chat template markers: --task instructions needs a chat model "
-                          "(e.g. --checkpoint book-chat)")  # fmt: skip
+        if "<|assistant|>" not in models["model"][1].special_tokens:
+            raise ConfigError(f"{args.checkpoint} has no chat template markers: --task instructions needs a chat "
+                              "model (e.g. --checkpoint book-chat)")  # fmt: skip
     held_out = list_tasks(n, seed=1, exclude={prompt_key(r) for r in book_chat_rows()})  # as chapter 07
     torch.set_num_threads(1)  # token-by-token decoding is latency-bound (chapter 07 scores on one thread too)
     for name, (m, tok) in models.items():
