@@ -25,6 +25,29 @@ BENCHMARKS = {
 }
 
 
+def matmul_flops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured fp32 FLOP/s of an (n, n) @ (n, n) matrix multiply (best of `repeats`, after a warm-up).
+
+    A CPU has no published peak to divide by; this is the ceiling the benchmarks'
+    "fraction of the measured matmul peak" (a CPU's MFU) is taken against.
+    """
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
 def environment() -> str:
     """A one-line description of where a benchmark ran (device, versions, date)."""
     import torch

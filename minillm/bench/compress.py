@@ -81,7 +81,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minillm.bench import environment
+from minillm.bench import environment, matmul_flops
 from minillm.checkpoint import save_model_folder
 from minillm.corpus import curated_stdlib, encode_documents, spread_sample
 from minillm.device import resolve_device
@@ -191,18 +191,6 @@ def disk_bytes(model: GPT, tokenizer: Any) -> int:
         else:
             folder = save_model_folder(Path(tmp) / "model", model, tokenizer)
         return folder_bytes(folder)
-
-
-def cpu_matmul_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 FLOP/s of an (n, n) @ (n, n) matrix multiply on the CPU (best of `repeats`, after a warm-up)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -534,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         peak, peak_source = device_peak_flops(device, "fp32"), "the GPU's fp32 peak (minillm.scaling.DEVICES)"
     else:
         n = 512 if args.tiny else 2048
-        peak = cpu_matmul_flops(n)
+        peak = matmul_flops(n)
         peak_source = f"measured fp32 matmul ({n} x {n}, best of 5; a CPU has no published peak)"
     c = model.config
     print(f"# {environment()}")
