@@ -66,3 +66,14 @@ def test_matmul_flops_is_the_flop_count_over_the_time(monkeypatch):
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     assert matmul_flops(8, repeats=3) == pytest.approx(2 * 8**3 / 1.0)
     assert math.isfinite(matmul_flops(32, repeats=1))
+
+
+@pytest.mark.parametrize("args, words", [(["--breakdown-steps", "-1"], "--breakdown-steps must be >= 0"),
+                                         (["--matmul-size", "0"], "--matmul-size must be >= 16"),
+                                         (["--set", "max_steps"], "--set takes KEY=VALUE"),
+                                         (["--set", "n_layer=abc"], "setting 'n_layer' needs"),
+                                         (["--preset", "shakespear"], "shakespeare-char")])  # fmt: skip
+def test_bad_arguments_exit_2_with_the_reason(args, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err

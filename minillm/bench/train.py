@@ -19,7 +19,8 @@ How it measures:
   one sample, one checkpoint and one plot of the loss are timed; each part's
   seconds in the run are its time per call x its calls in the run. What the sum
   leaves of the measured wall time is the loop's own cost (logging, the progress
-  bar, Python) plus the machine's noise.
+  bar, Python) plus the machine's noise. The copy runs eager in one process: a
+  compiled or distributed run's parts are timed as the eager model's.
 
 On a GPU, e.g. `--preset gpt2-124m --max-steps 60 --set data=files --set
 data_files='text/*.txt'`, it reports tokens/s and MFU (median over the logged
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from minillm.config import preset_config
     from minillm.corpus import load_data
     from minillm.device import resolve_device, resolve_precision
+    from minillm.errors import ConfigError
     from minillm.train import evaluate, train
 
     parser = argparse.ArgumentParser(prog="python -m minillm.bench train", description=__doc__.split("\n\n")[1])
@@ -156,12 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul of the measured peak")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.breakdown_steps < 0:
+        parser.error(f"--breakdown-steps must be >= 0, got {args.breakdown_steps}")
+    if args.matmul_size < 16:
+        parser.error(f"--matmul-size must be >= 16, got {args.matmul_size}")
+    if any("=" not in item for item in args.set):
+        parser.error(f"--set takes KEY=VALUE, got {[item for item in args.set if '=' not in item]}")
     overrides = dict(item.split("=", 1) for item in args.set)
     if args.max_steps is not None:
         overrides["max_steps"] = str(args.max_steps)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = preset_config(args.preset, **overrides)
+    try:
+        config = preset_config(args.preset, **overrides)
+    except ConfigError as err:
+        parser.error(str(err))
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     print(f"# train benchmark: preset {args.preset}, {config.max_steps} steps, batch {config.batch_size}x"
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("MFU                      no published peak for this device (pass --set peak_tflops=X)")
     print(f"final val loss           {result.val_loss:8.4f}   ({config.eval_batches} x {config.batch_size} windows)"
-          + (f"   (target <= {TARGET_VAL_LOSS})" if args.preset == "shakespeare-char" else ""))
+          + (f"   (target <= {TARGET_VAL_LOSS})" if args.preset == "shakespeare-char" and not overrides else ""))
     print(f"val loss, all windows    {full_val:8.4f}   ({n_windows} windows, untimed)")
 
     if args.breakdown_steps > 0:
