@@ -105,7 +105,7 @@ def _hf_config(config: GPTConfig, tokenizer: BPETokenizer | None, dtype: str) ->
                               f"d_head={c.head_dim} with n_head={c.n_head}, which do not add up to d_model={c.d_model}")
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": c.context_length,
               "n_embd": c.d_model, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ff_width,
-              "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
+              "activation_function": "gelu" if c.mlp == "gelu_exact" else "gelu_new", "layer_norm_epsilon": c.norm_eps,
               "attn_pdrop": c.dropout, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout}  # fmt: skip
     elif c.positions == "rope":
         hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "max_position_embeddings": c.context_length,

@@ -6,7 +6,8 @@ models choose between; `minillm.model.GPTConfig` picks them by name:
 * norm: `"layernorm"` (subtract the mean, divide by the standard deviation,
   scale and shift; GPT-2) or `"rmsnorm"` (divide by the root mean square and
   scale; Llama);
-* MLP: `"gelu"` (C -> d_ff -> C with GELU, tanh approximation as in GPT-2) or
+* MLP: `"gelu"` (C -> d_ff -> C with GELU, tanh approximation as in GPT-2),
+  `"gelu_exact"` (the same with the exact, erf GELU, as nanoGPT's `nn.GELU()`) or
   `"swiglu"` (down(silu(gate(x)) * up(x)); Llama);
 * placement: pre-LN (x + f(norm(x)), the default since GPT-2) or post-LN
   (norm(x + f(x)), the original transformer).
@@ -33,7 +34,7 @@ from minillm.attention import AttentionConfig, CausalSelfAttention, KVCache
 from minillm.errors import ConfigError
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")  # the decoder-only models' MLPs (GPTConfig.mlp)
+MLPS = ("gelu", "gelu_exact", "swiglu")  # the decoder-only models' MLPs (GPTConfig.mlp)
 #: Every MLP by name: (gated?, activation). "gelu_exact": BERT, BART; "relu": T5; "geglu": T5 v1.1.
 FAMILY_MLPS = {"gelu": (False, "gelu_tanh"), "swiglu": (True, "silu"), "gelu_exact": (False, "gelu"),
                "relu": (False, "relu"), "geglu": (True, "gelu_tanh")}  # fmt: skip

@@ -107,7 +107,7 @@ def block_activation_bytes(config: GPTConfig, micro_batch: int, context: int | N
         raise ConfigError(f"context must be in [1, {config.context_length}], got {t}")
     width = 2 if precision in ("bf16", "fp16") else 4
     d = config.d_model
-    mlp = 2 * config.ff_width if config.mlp == "gelu" else 4 * config.ff_width  # hidden values kept by the MLP
+    mlp = 4 * config.ff_width if config.mlp == "swiglu" else 2 * config.ff_width  # hidden values kept by the MLP
     per_token = 2 * d * 4 + (6 * d + mlp) * width + (4 + config.n_head) * 4
     return micro_batch * t * per_token
 

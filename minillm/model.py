@@ -51,7 +51,7 @@ class GPTConfig:
     d_ff: int | None = None  # MLP width; None: 4*d_model (gelu), 8/3*d_model rounded up to 256 (swiglu)
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_eps: float = 1e-5
-    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp: Literal["gelu", "gelu_exact", "swiglu"] = "gelu"  # GPT-2's tanh GELU, the exact GELU, Llama's
     positions: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
     rope_theta: float = 10000.0
     bias: bool = True  # biases in linear layers and LayerNorms
@@ -114,14 +114,14 @@ class GPTConfig:
 
     @property
     def ff_width(self) -> int:
-        """The MLP's hidden width: `d_ff`, or by default 4*d_model (gelu) / 8/3*d_model rounded up to 256 (swiglu).
+        """The MLP's hidden width: `d_ff`, or by default 4*d_model (gelu, gelu_exact) / 8/3*d_model rounded up to 256 (swiglu).
 
         A property, not a value filled in at creation, so that
         `dataclasses.replace(config, mlp="swiglu")` gets the SwiGLU default.
         """
         if self.d_ff is not None:
             return self.d_ff
-        return 4 * self.d_model if self.mlp == "gelu" else 256 * math.ceil(8 * self.d_model / 3 / 256)
+        return 256 * math.ceil(8 * self.d_model / 3 / 256) if self.mlp == "swiglu" else 4 * self.d_model
 
     def resolved(self) -> dict:
         """The fields with derived values filled in (`n_kv_head`, `d_ff`, `d_head`): equal dicts mean equal models."""
@@ -484,13 +484,14 @@ def config_from_hf(hf: dict) -> GPTConfig:
     kind = hf.get("model_type")
     if kind == "gpt2":
         act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ConfigError(f"GPT-2 activation {act!r} is not supported (only tanh-approximated GELU)")
+        mlp = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}.get(act)
+        if mlp is None:
+            raise ConfigError(f"GPT-2 activation {act!r} is not supported (only GELU: gelu_new, gelu_pytorch_tanh, gelu)")
         return GPTConfig(
             vocab_size=hf["vocab_size"], context_length=hf["n_positions"], d_model=hf["n_embd"],
             n_layer=hf["n_layer"], n_head=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
             norm_eps=hf.get("layer_norm_epsilon", 1e-5), tie_embeddings=hf.get("tie_word_embeddings", True),
-            **{k: _GPT2[k] for k in ("norm", "mlp", "positions")},
+            mlp=mlp, **{k: _GPT2[k] for k in ("norm", "positions")},
         )  # fmt: skip
     if kind == "llama":
         rope = hf.get("rope_parameters") or {}

@@ -62,6 +62,7 @@ def tiny(**overrides) -> GPT:
 # ------------------------------------------------------------------------ models
 MODELS = {
     "gpt2": {},
+    "gpt2-exact-gelu": dict(mlp="gelu_exact"),  # activation_function "gelu" (erf), as nanoGPT's nn.GELU()
     "gpt2-untied-padded": dict(tie_embeddings=False, vocab_multiple=64, d_ff=96),
     "llama-gqa-untied": dict(LLAMA, tie_embeddings=False),
     "llama-gqa-tied": dict(LLAMA, tie_embeddings=True),
@@ -153,6 +154,7 @@ def test_autotokenizer_gives_minillm_ids(which, tokenizers, tmp_path):
     (dict(n_kv_head=2), "n_kv_head"),  # GPT-2 has no grouped-query attention
     (dict(n_head=2, d_head=16), "d_head"),  # nor heads narrower than n_embd / n_head
     (dict(LLAMA, mlp="gelu"), "mlp"),
+    (dict(LLAMA, mlp="gelu_exact"), "mlp"),
     (dict(LLAMA, norm="layernorm"), "norm"),
     (dict(LLAMA, pre_norm=False), "pre_norm"),
 ])  # fmt: skip

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from minillm.errors import ConfigError
 from minillm.generate import generate
 from minillm.layers import Block, GeluMLP, RMSNorm, SwiGLU, make_mlp, make_norm
 from minillm.model import GPT, MODEL_SHAPES, GPTConfig
@@ -255,11 +256,11 @@ def test_load_errors(tmp_path):
 # -- Hugging Face parity ------------------------------------------------------
 
 
-def _hf_gpt2(path):
+def _hf_gpt2(path, activation="gelu_new"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2,
-                     bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0, activation_function=activation)  # fmt: skip
     model = GPT2LMHeadModel(cfg).eval()
     model.save_pretrained(path)
     return model
@@ -277,12 +278,17 @@ def _hf_llama(path, **shape):
     return model
 
 
+def _hf_gpt2_exact_gelu(path):
+    # activation_function "gelu" is the exact (erf) GELU: GPTConfig(mlp="gelu_exact")
+    return _hf_gpt2(path, activation="gelu")
+
+
 def _hf_llama_small_heads(path):
     # heads narrower than hidden_size / num_attention_heads (2 heads of 6 in width 32): GPTConfig.d_head
     return _hf_llama(path, num_attention_heads=2, num_key_value_heads=1, head_dim=6)
 
 
-@pytest.mark.parametrize("build", [_hf_gpt2, _hf_llama, _hf_llama_small_heads])
+@pytest.mark.parametrize("build", [_hf_gpt2, _hf_gpt2_exact_gelu, _hf_llama, _hf_llama_small_heads])
 def test_from_pretrained_matches_transformers(tmp_path, build):
     hf = build(tmp_path)
     ours = GPT.from_pretrained(tmp_path).eval()
@@ -363,3 +369,30 @@ def test_a_head_size_apart_from_d_model_over_n_head(tmp_path):
     assert "d_head" not in GPTConfig(vocab_size=40, context_length=16, d_model=32, n_layer=1, n_head=4).to_dict()
     with pytest.raises(ValueError, match="d_head"):
         GPTConfig(vocab_size=40, d_model=32, n_head=4, d_head=0)
+
+
+def test_the_gpt2_activation_decides_the_mlp_and_the_two_gelus_differ(tmp_path):
+    """gelu_new / gelu_pytorch_tanh -> mlp="gelu" (tanh), gelu -> "gelu_exact" (erf); anything else is refused.
+
+    Loading the exact-GELU checkpoint as if it were tanh changes the logits: the parity test above can tell them apart.
+    """
+    import dataclasses
+
+    from minillm.model import config_from_hf
+
+    base = {"model_type": "gpt2", "vocab_size": 97, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 4}
+    assert config_from_hf({**base, "activation_function": "gelu_new"}).mlp == "gelu"
+    assert config_from_hf({**base, "activation_function": "gelu_pytorch_tanh"}).mlp == "gelu"
+    assert config_from_hf({**base, "activation_function": "gelu"}).mlp == "gelu_exact"
+    with pytest.raises(ConfigError, match="relu"):
+        config_from_hf({**base, "activation_function": "relu"})
+    hf = _hf_gpt2_exact_gelu(tmp_path)
+    exact = GPT.from_pretrained(tmp_path).eval()
+    tanh = GPT(dataclasses.replace(exact.config, mlp="gelu")).eval()
+    tanh.load_state_dict(exact.state_dict())
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        expected = hf(idx).logits
+        assert (tanh(idx)[0] - expected).abs().max() > 1e-4  # the wrong GELU shows
+        torch.testing.assert_close(exact(idx)[0], expected, atol=1e-5, rtol=0)
+    assert exact.config.ff_width == tanh.config.ff_width == 4 * 32

@@ -85,7 +85,7 @@ SETTING_HELP = {
     "d_head": "size of each attention head (none: d_model / n_head; a model whose heads were pruned keeps theirs)",
     "norm": "normalization layer",
     "norm_eps": "epsilon of the normalization",
-    "mlp": "MLP of each block",
+    "mlp": "MLP of each block (gelu: GPT-2's tanh GELU; gelu_exact: the erf GELU; swiglu: Llama's)",
     "positions": "position encoding",
     "rope_theta": "rope: base of the rotation frequencies",
     "bias": "biases in linear layers and LayerNorms",
