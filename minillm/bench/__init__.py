@@ -25,6 +25,31 @@ BENCHMARKS = {
 }
 
 
+def sync(device) -> None:
+    """Wait for the work queued on `device` (CUDA runs kernels asynchronously); nothing to wait for on a CPU."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeat: int = 5, warmup: int = 0) -> float:
+    """Median wall seconds of `fn()` over `repeat` calls after `warmup` untimed ones, the device's work included."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def matmul_flops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Measured fp32 FLOP/s of an (n, n) @ (n, n) matrix multiply (best of `repeats`, after a warm-up).
 
@@ -36,14 +61,13 @@ def matmul_flops(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     import torch
 
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
-    sync()
+    sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
-        sync()
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 

@@ -81,7 +81,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minillm.bench import environment, matmul_flops
+from minillm.bench import environment, matmul_flops, sync
 from minillm.checkpoint import save_model_folder
 from minillm.corpus import curated_stdlib, encode_documents, spread_sample
 from minillm.device import resolve_device
@@ -172,11 +172,6 @@ class ThroughInt8Cache(nn.Module):
         return self.model(idx, targets, kv_cache=Int8KVCache.for_model(self.model, idx.size(0), idx.size(1)))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def folder_bytes(path: Path) -> int:
     """Total size of the files under `path`."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
@@ -201,10 +196,10 @@ def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - start
 
 

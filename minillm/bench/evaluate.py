@@ -15,24 +15,19 @@ import time
 
 import torch
 
-from minillm.bench import environment
+from minillm.bench import environment, sync
 from minillm.evaluate import score_multiple_choice
 from minillm.model import GPT, MODEL_SHAPES, GPTConfig
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_scoring(model: GPT, tokenizer, examples, batch_size: int) -> tuple[float, list[int]]:
     """(examples per second, acc predictions) of scoring `examples` with `batch_size` rows per pass."""
     device = next(model.parameters()).device
     score_multiple_choice(model, tokenizer, examples[:2], batch_size=batch_size)  # warm-up
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     result = score_multiple_choice(model, tokenizer, examples, batch_size=batch_size)
-    _sync(device)
+    sync(device)
     return len(examples) / (time.perf_counter() - start), result.predictions["acc"]
 
 

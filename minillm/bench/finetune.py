@@ -28,13 +28,8 @@ import time
 
 import torch
 
-from minillm.bench import environment
+from minillm.bench import environment, sync
 from minillm.model import GPT, MODEL_SHAPES, GPTConfig
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _rss_bytes() -> int:
@@ -81,10 +76,10 @@ def measure(preset: str, rank: int, targets: list[str], device: str, batch: int,
     step()  # warm-up: allocates gradients and optimizer state
     times = []
     for _ in range(steps):
-        _sync(dev)
+        sync(dev)
         start = time.perf_counter()
         step()
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - start)
     seconds = sorted(times)[len(times) // 2]
     if dev.type == "cuda":

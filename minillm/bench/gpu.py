@@ -41,7 +41,7 @@ from collections.abc import Callable
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from minillm.bench import environment
+from minillm.bench import environment, sync
 from minillm.device import autocast, resolve_device, resolve_precision, set_matmul_precision
 from minillm.errors import ConfigError
 from minillm.fileio import atomic_write
@@ -107,11 +107,6 @@ def model_flops(config: GPTConfig, seq_len: int) -> int:
         return GPT(dataclasses.replace(config, vocab_multiple=1)).flops_per_token(seq_len)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -123,10 +118,10 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, steps: in
         fn()
     times: list[float] = []
     while len(times) < steps and (len(times) < 2 or sum(times) < seconds):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -186,10 +181,10 @@ def generate_rows(config: GPTConfig, device: torch.device, batch: int, prompt_le
         list(stream(model, prompt, 4, temperature=0, use_cache=use_cache))  # warm-up
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         outputs.append(torch.stack(list(stream(model, prompt, new_tokens, temperature=0, use_cache=use_cache)), 1))
-        _sync(device)
+        sync(device)
         sec = time.perf_counter() - start
         results.append(dict(tokens_per_s=batch * new_tokens / sec, step_ms=1000 * sec / new_tokens,
                             peak_mem_gib=_peak_gib(device)))  # fmt: skip

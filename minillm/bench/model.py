@@ -15,37 +15,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from minillm.attention import causal_mask, scaled_dot_product_attention
-from minillm.bench import environment
+from minillm.bench import environment, median_seconds, sync
 from minillm.generate import generate
 from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 # Dense bf16 peak TFLOP/s (no sparsity) of some GPUs, for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> float:
-    """Median seconds per call of fn after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def _autocast(device: torch.device):
@@ -65,7 +45,7 @@ def bench_training(config: GPTConfig, device: torch.device, batch: int, seq_len:
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    seconds = _time(step, device, warmup, steps)
+    seconds = median_seconds(step, device, steps, warmup)
     return seconds, batch * seq_len / seconds, model.flops_per_token(seq_len)
 
 
@@ -82,7 +62,7 @@ def bench_attention(config: GPTConfig, device: torch.device, batch: int, seq_len
     def fused() -> None:
         F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
 
-    return _time(manual, device, warmup, steps), _time(fused, device, warmup, steps)
+    return median_seconds(manual, device, steps, warmup), median_seconds(fused, device, steps, warmup)
 
 
 def bench_generation(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cache: bool):
@@ -90,10 +70,10 @@ def bench_generation(model: GPT, prompt: torch.Tensor, new_tokens: int, use_cach
     device = prompt.device
     with _autocast(device):
         generate(model, prompt, 4, temperature=0, use_cache=use_cache)  # warm-up
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         out = generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache)
-        _sync(device)
+        sync(device)
     seconds = time.perf_counter() - start
     return out, new_tokens / seconds
 

@@ -38,26 +38,9 @@ from pathlib import Path
 
 import torch
 
-from minillm.bench import environment, matmul_flops
+from minillm.bench import environment, matmul_flops, median_seconds, sync
 
 TARGET_VAL_LOSS = 1.88
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn, device: torch.device, repeats: int = 3) -> float:
-    """Median wall time of fn() in ms over `repeats` calls (device work included)."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def step_breakdown(result, data, device: torch.device, precision: str, steps: int = 50) -> dict[str, float]:
@@ -86,18 +69,18 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
     for i in range(steps + 5):  # the first 5 warm up
         times = dict.fromkeys(parts, 0.0)
         for _ in range(k):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             x, y = get_batch(data.train, config.batch_size, config.context_length, "cpu", generator=rng)
             x, y = x.to(device), y.to(device)
-            _sync(device)
+            sync(device)
             t1 = time.perf_counter()
             with autocast(device, precision):
                 _, loss = model(x, y)
-            _sync(device)
+            sync(device)
             t2 = time.perf_counter()
             (loss / k).backward()
-            _sync(device)
+            sync(device)
             t3 = time.perf_counter()
             times["batch"] += t1 - t0
             times["forward"] += t2 - t1
@@ -105,10 +88,10 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
         t0 = time.perf_counter()
         if config.grad_clip > 0:
             clip_grad_norm(model.parameters(), config.grad_clip)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         optimizer.step()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
@@ -118,13 +101,15 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
                 parts[name].append(seconds)
     out = {name: 1e3 * statistics.median(values) for name, values in parts.items()}
     model.eval()
-    out["eval"] = _median_ms(lambda: evaluate(model, data.val, config.context_length, config.batch_size,
-                                              config.eval_batches, device, precision), device)  # fmt: skip
-    out["sample"] = _median_ms(lambda: sample(model, result.tokenizer, config), device) if config.sample_tokens else 0.0
+    def ms(fn) -> float:  # median of 3 calls
+        return 1e3 * median_seconds(fn, device, repeat=3)
+
+    out["eval"] = ms(lambda: evaluate(model, data.val, config.context_length, config.batch_size, config.eval_batches,
+                                      device, precision))  # fmt: skip
+    out["sample"] = ms(lambda: sample(model, result.tokenizer, config)) if config.sample_tokens else 0.0
     with tempfile.TemporaryDirectory() as tmp:
-        out["checkpoint"] = _median_ms(lambda: ckpt.save(tmp, 1, model, optimizer, rng, config, result.tokenizer),
-                                       device)  # fmt: skip
-        out["plot"] = _median_ms(lambda: plot_metrics(result.history, Path(tmp) / "loss.png"), device)
+        out["checkpoint"] = ms(lambda: ckpt.save(tmp, 1, model, optimizer, rng, config, result.tokenizer))
+        out["plot"] = ms(lambda: plot_metrics(result.history, Path(tmp) / "loss.png"))
     return out
 
 
