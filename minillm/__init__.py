@@ -11,7 +11,9 @@ module                what it is for                                            
 ``dedup``             exact and MinHash/LSH near-dedup, decontamination            01
 ``pii``               privacy redaction                                            01
 ``curation``          the streaming curation pipeline                              01
-``tokenizer``         character and byte-level BPE tokenizers (GPT-2 parity)       02
+``tokenizer``         the tokenizers' home: the character tokenizer, loading       02
+``tokenizer_base``    the Tokenizer protocol and the checks every tokenizer makes  02
+``bpe``               the byte-level BPE tokenizer (GPT-2 parity via tiktoken)     02
 ``pretokenize``       pre-tokenization regexes; token bytes written as text        02
 ``bpe_merges``        learning BPE merges; which tokens encode to themselves       02
 ``tokens``            token shards on disk, train/val split, batches               02
@@ -98,9 +100,9 @@ _EXPORTS: dict[str, str] = {
     "AdamW": "optim",
     "make_optimizer": "optim",
     # tokenizers (chapter 02)
-    "BPETokenizer": "tokenizer",
+    "BPETokenizer": "bpe",
     "CharTokenizer": "tokenizer",
-    "Tokenizer": "tokenizer",
+    "Tokenizer": "tokenizer_base",
     "load_tokenizer": "tokenizer",
     # data sets (chapter 01)
     "download": "data",

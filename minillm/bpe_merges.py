@@ -1,19 +1,19 @@
 """The BPE merge algorithms on token ids (chapter 02): learning merges, and which tokens come back whole.
 
-:class:`minillm.tokenizer.BPETokenizer` is a table ``id -> bytes``, a list of
+:class:`minillm.bpe.BPETokenizer` is a table ``id -> bytes``, a list of
 merges ``(left id, right id, merged id)`` in priority order and the special
 tokens. Two of its algorithms work on ids alone and need nothing else of the
 tokenizer, so they live here:
 
 * :func:`learn_merges`: training, the most frequent adjacent pair merged again
   and again, on a corpus given as unique chunks (byte ids) and their counts
-  (:meth:`minillm.tokenizer.BPETokenizer.train` cuts the text and builds the
+  (:meth:`minillm.bpe.BPETokenizer.train` cuts the text and builds the
   vocabulary around it);
 * :func:`tokens_that_come_back`: the tokens that the merge loop turns back
   into themselves, without running it on each, and :func:`whole_tokens`, the
   table of those that can be a chunk: a chunk that is such a token is encoded
   as that one id (the shortcut of
-  :meth:`minillm.tokenizer.BPETokenizer.encode_ordinary`).
+  :meth:`minillm.bpe.BPETokenizer.encode_ordinary`).
 
 The merge loop itself (``BPETokenizer._bpe``, and ``_bpe_long`` for long
 pieces) stays with the tokenizer, whose merge ranks and cache it uses.
@@ -92,12 +92,12 @@ def tokens_that_come_back(byte_ids: list[int], merges: list[tuple[int, int, int]
 
     ``byte_ids[b]`` is the id of byte ``b``, ``merges`` the ``(left, right,
     merged)`` triples in priority order and ``ranks`` the rank of each merged
-    pair (of its first merge), as a :class:`~minillm.tokenizer.BPETokenizer`
+    pair (of its first merge), as a :class:`~minillm.bpe.BPETokenizer`
     holds them. Every byte comes back; a merged token ``t`` comes back if the
     merge loop, run on t's bytes alone, ends with the one token ``t``.
 
     Does every token come back? In a vocabulary learned by BPE
-    (:meth:`~minillm.tokenizer.BPETokenizer.train`, GPT-2's), yes: ``t = a + b``
+    (:meth:`~minillm.bpe.BPETokenizer.train`, GPT-2's), yes: ``t = a + b``
     was learned where ``a`` and ``b`` stood side by side, and the merges that
     made them from t's bytes happen the same way with no text around. In a
     hand-made list of merges, not always: with ``b c``, then ``a b``, then
@@ -119,7 +119,7 @@ def tokens_that_come_back(byte_ids: list[int], merges: list[tuple[int, int, int]
 
     Ranks count time only if every merge ranks after the merges that make
     its two parts, and each token is made by one merge (as in any learned
-    vocabulary, and as :meth:`~minillm.tokenizer.BPETokenizer.to_tiktoken`
+    vocabulary, and as :meth:`~minillm.bpe.BPETokenizer.to_tiktoken`
     requires). Otherwise the answer is None: not known without running the
     merge loop.
     """

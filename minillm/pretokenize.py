@@ -1,6 +1,6 @@
 """Pre-tokenization (chapter 02): the regexes that cut text into chunks, and token bytes as text.
 
-Step 2 of encoding with :class:`minillm.tokenizer.BPETokenizer`: a regular
+Step 2 of encoding with :class:`minillm.bpe.BPETokenizer`: a regular
 expression cuts the text into chunks (``" the"``, ``"'s"``, ``"  "``) and BPE
 merges never cross a chunk boundary. This module holds that step's pieces and
 the spellings of bytes as text, none of which depends on a vocabulary:
@@ -10,7 +10,7 @@ the spellings of bytes as text, none of which depends on a vocabulary:
   for Python's built-in ``re`` (same chunks, faster) on text without characters
   beyond U+FFFF (``_ASTRAL``);
 * ``_SAFE_CUT`` and ``_inside_special``: where
-  :meth:`minillm.tokenizer.BPETokenizer.encode_iterable` may cut a stream of text;
+  :meth:`minillm.bpe.BPETokenizer.encode_iterable` may cut a stream of text;
 * ``_utf8``: a chunk's bytes (lone surrogates become U+FFFD, as in tiktoken);
   :func:`bytes_to_text` / :func:`text_to_bytes`: a token's bytes as readable,
   reversible text (the saved tokenizer file); :func:`gpt2_bytes_to_unicode`:
@@ -75,7 +75,7 @@ def _gpt2_pattern_re() -> re.Pattern:
     matches U+001C..U+001F, which ``regex``'s does not. So the three classes are
     spelled out as the ranges of characters U+0000..U+FFFF that ``regex`` itself
     puts in them, and ``\\S`` becomes ``[^\\s]``. Beyond U+FFFF the ranges would be
-    checked one by one, which is slow: :meth:`minillm.tokenizer.BPETokenizer.pre_tokenize`
+    checked one by one, which is slow: :meth:`minillm.bpe.BPETokenizer.pre_tokenize`
     sends such text to ``regex``. The possessive ``++`` (Python 3.11+) become ``+``: nothing
     follows them in their alternative but ``$``, so ``re`` never backtracks into
     them. ``tests/test_tokenizer.py`` checks the two on random text.

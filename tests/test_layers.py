@@ -25,7 +25,7 @@ import minillm
 
 LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "fileio", "device", "scaling", "sandbox"),  # utilities
-    1: ("data", "tokenizer", "pretokenize", "bpe_merges", "tokens", "quality", "dedup", "pii", "curation", "tasks",
+    1: ("data", "tokenizer_base", "tokenizer", "bpe", "pretokenize", "bpe_merges", "tokens", "quality", "dedup", "pii", "curation", "tasks",
         "synthetic", "codedata"),  # data
     2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching"),  # model
     3: ("config", "corpus"),  # configuration

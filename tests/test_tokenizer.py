@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from minillm import data
 from minillm.errors import ConfigError
+from minillm.pretokenize import _ASTRAL, _gpt2_pattern_re
 from minillm.tokenizer import (
-    _ASTRAL,
     GPT2_PATTERN,
     TOKENIZER_FILE,
     BPETokenizer,
@@ -27,7 +27,6 @@ from minillm.tokenizer import (
     gpt2_bytes_to_unicode,
     load_tokenizer,
     text_to_bytes,
-    _gpt2_pattern_re,
     tokenizer_path,
 )
 
@@ -393,7 +392,7 @@ def test_bpe_equals_textbook_on_random_vocabularies(seed, monkeypatch):
     """Random small vocabularies trained on random words, as trained and with their merge
     priorities shuffled (merges then create pairs of lower rank than their own) plus a
     pair listed twice; random byte strings through both merge loops (lists and heap)."""
-    import minillm.tokenizer as tokenizer
+    import minillm.bpe as bpe
 
     rng = random.Random(seed)
     letters = rng.sample("abcdefgh", rng.randint(2, 4))
@@ -412,7 +411,7 @@ def test_bpe_equals_textbook_on_random_vocabularies(seed, monkeypatch):
             expected = textbook_bpe(tok, piece)
             assert list(tok._bpe(piece)) == expected, piece
             assert list(tok._bpe_long(piece)) == expected, piece
-    monkeypatch.setattr(tokenizer, "_LONG_PIECE", 10**9)  # the list loop on long pieces too
+    monkeypatch.setattr(bpe, "_LONG_PIECE", 10**9)  # the list loop on long pieces too
     for tok in variants:
         for piece in pieces:
             assert list(tok._bpe(piece)) == textbook_bpe(tok, piece), piece

@@ -3,7 +3,7 @@
 Measures, on one corpus (Tiny Shakespeare by default; ``--corpus wikitext-2``
 takes ``--split``, validation by default):
 
-* the seconds :meth:`minillm.tokenizer.BPETokenizer.train` needs for a
+* the seconds :meth:`minillm.bpe.BPETokenizer.train` needs for a
   4096-token vocabulary (best of ``--repeats`` runs);
 * the time to encode the corpus with our GPT-2 tokenizer and with tiktoken's,
   in the same process, as a ratio (ours / tiktoken) and in tokens per second.

@@ -1,7 +1,7 @@
 """Chapter 02's diagrams: from text to bytes to BPE tokens, then to batches and embeddings.
 
 Every number drawn is computed here with the package: a toy BPE learned by
-`minillm.tokenizer.BPETokenizer.train` on `TOY_CORPUS` (Sennrich et al.'s
+`minillm.bpe.BPETokenizer.train` on `TOY_CORPUS` (Sennrich et al.'s
 example, small enough to draw and needing no download), GPT-2's
 pre-tokenization pattern, `minillm.tokens` for shards and windows, and the
 book model's shapes from `minillm.book_config("cpu")`.

@@ -2,7 +2,7 @@
 
 Each check runs the reader's function on inputs the reader did not choose
 (non-ASCII text, repeated letters, random id sequences, random lengths) and
-compares it with the package: `minillm.tokenizer.BPETokenizer` (its training
+compares it with the package: `minillm.bpe.BPETokenizer` (its training
 and its decoder) and `minillm.tokens.SlidingWindowDataset`.
 """
 
