@@ -34,10 +34,10 @@ def test_tiny_run_prints_the_peak_fraction_and_every_part(capsys, one_thread):
         name = line[:22].strip()
         rows[name] = [float(v) for v in line[22:].replace("%", "").split()]
     assert list(rows) == [*PARTS, "loop, logging, noise", "measured wall time"]
-    # 6 steps, 3 evaluations (step 0, 3 and 6), each with a sample, a checkpoint and a plot
+    # 6 steps; 3 evaluations (steps 0, 3 and 6), each with a sample; checkpoints at 3 and 6; plots at 3, 6, the end
     for name in PARTS:
         ms, calls, seconds, share = rows[name]
-        assert calls == (6 if name in PARTS[:6] else 3), name
+        assert calls == (6 if name in PARTS[:6] else 2 if name == "checkpoint" else 3), name
         assert ms > 0 and seconds == pytest.approx(ms * calls / 1e3, abs=0.051), name
     assert rows["measured wall time"] == [pytest.approx(wall, abs=0.051), 100.0]
     accounted = sum(rows[name][2] for name in PARTS)
@@ -53,7 +53,8 @@ def test_breakdown_table_sums_to_the_wall_time():
     by_name = {r[0]: r for r in rows}
     assert by_name["forward"][1:4] == (10.0, 1000, 10.0)
     assert by_name["plot"][1:4] == (100.0, 5, 0.5)
-    parts_seconds = 0.5 + 10 + 20 + 1 + 2 + 0.1 + 1.5 + 0.2 + 0.5  # each part's ms x calls / 1000, by hand
+    assert by_name["checkpoint"][1:4] == (40.0, 4, 0.16)  # none at step 0
+    parts_seconds = 0.5 + 10 + 20 + 1 + 2 + 0.1 + 1.5 + 0.16 + 0.5  # each part's ms x calls / 1000, by hand
     assert by_name["loop, logging, noise"][3] == pytest.approx(40.0 - parts_seconds)
     assert sum(r[4] for r in rows[:-1]) == pytest.approx(1.0)
     assert rows[-1] == ("measured wall time", None, None, 40.0, 1.0)
@@ -77,3 +78,31 @@ def test_bad_arguments_exit_2_with_the_reason(args, words, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_the_calls_per_run_are_those_of_the_training_loop(tmp_path, monkeypatch, one_thread):
+    """The table's call counts are the loop's: count evaluations, samples, checkpoints and plots in a real run."""
+    import minillm.checkpoint
+    import minillm.train
+    from minillm.config import preset_config
+
+    counts = {"eval": 0, "sample": 0, "checkpoint": 0, "plot": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(minillm.train, "evaluate", counting("eval", minillm.train.evaluate))
+    monkeypatch.setattr(minillm.train, "sample", counting("sample", minillm.train.sample))
+    monkeypatch.setattr(minillm.checkpoint, "save", counting("checkpoint", minillm.checkpoint.save))
+    monkeypatch.setattr(minillm.train, "plot_metrics", counting("plot", minillm.train.plot_metrics))
+    config = preset_config("shakespeare-char", max_steps=6, eval_interval=3, n_layer=1, d_model=32, n_head=2,
+                           max_chars=20000, eval_batches=2, sample_tokens=4)  # fmt: skip
+    result = minillm.train.train(config, tmp_path / "run", progress=False, verbose=False)
+    evaluations = sum(1 for r in result.history if "val_loss" in r)
+    parts = dict.fromkeys(PARTS, 1.0)
+    table = {row[0]: row[2] for row in breakdown_table(parts, result.step, evaluations, wall=1.0)}
+    assert counts == {name: table[name] for name in counts} and counts["checkpoint"] == 2

@@ -54,9 +54,9 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
     """
     from minillm import checkpoint as ckpt
     from minillm.device import autocast
+    from minillm.monitor import plot_metrics
     from minillm.optim import clip_grad_norm, make_optimizer
     from minillm.tokens import get_batch
-    from minillm.monitor import plot_metrics
     from minillm.train import evaluate, sample
 
     config = result.config
@@ -101,6 +101,7 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
                 parts[name].append(seconds)
     out = {name: 1e3 * statistics.median(values) for name, values in parts.items()}
     model.eval()
+
     def ms(fn) -> float:  # median of 3 calls
         return 1e3 * median_seconds(fn, device, repeat=3)
 
@@ -114,9 +115,14 @@ def step_breakdown(result, data, device: torch.device, precision: str, steps: in
 
 
 def breakdown_table(parts: dict[str, float], steps: int, evaluations: int, wall: float) -> list[tuple]:
-    """Rows (part, ms per call, calls in the run, seconds in the run, share of `wall`), then the rest and the total."""
+    """Rows (part, ms per call, calls in the run, seconds in the run, share of `wall`), then the rest and the total.
+
+    `evaluations` counts the step-0 one. As `minillm.train` does: every evaluation
+    evaluates and samples; each one after step 0 saves a checkpoint and redraws the
+    loss plot, which is drawn once more at the end.
+    """
     calls = {"batch": steps, "forward": steps, "backward": steps, "clip": steps, "optimizer": steps,
-             "zero_grad": steps, "eval": evaluations, "sample": evaluations, "checkpoint": evaluations,
+             "zero_grad": steps, "eval": evaluations, "sample": evaluations, "checkpoint": max(evaluations - 1, 0),
              "plot": evaluations}  # fmt: skip
     rows = [(name, parts[name], calls[name], parts[name] * calls[name] / 1e3) for name in calls if parts.get(name)]
     accounted = sum(row[3] for row in rows)
