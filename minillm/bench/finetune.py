@@ -24,11 +24,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import torch
 
-from minillm.bench import environment, sync
+from minillm.bench import environment, median_seconds
 from minillm.model import GPT, MODEL_SHAPES, GPTConfig
 
 
@@ -73,15 +72,7 @@ def measure(preset: str, rank: int, targets: list[str], device: str, batch: int,
     base_rss = _rss_bytes()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    step()  # warm-up: allocates gradients and optimizer state
-    times = []
-    for _ in range(steps):
-        sync(dev)
-        start = time.perf_counter()
-        step()
-        sync(dev)
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median_seconds(step, dev, repeat=steps, warmup=1)  # the warm-up allocates gradients and Adam's state
     if dev.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(dev), "allocated"
     else:
