@@ -26,15 +26,14 @@ order: a tokenizer is a table ``id -> bytes`` plus a list of merges
 
 What needs no tokenizer state lives in modules beside this one:
 :mod:`minillm.pretokenize` (step 2's patterns, and bytes spelled as text),
-:mod:`minillm.bpe_merges` (training's merge loop, and the table of step 4's whole
-tokens) and :mod:`minillm.tokenizer_base` (the protocol and the checks every
+:mod:`minillm.bpe_merges` (training's merge loop, step 4's merge loops and its table
+of whole tokens) and :mod:`minillm.tokenizer_base` (the protocol and the checks every
 tokenizer makes). Readers import the class from :mod:`minillm.tokenizer`, with
 the character tokenizer and the loader.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 from collections import Counter
@@ -45,7 +44,7 @@ import regex
 import tiktoken
 
 from minillm import data
-from minillm.bpe_merges import learn_merges, tokens_that_come_back, whole_tokens
+from minillm.bpe_merges import learn_merges, merge_long_piece, merge_piece, tokens_that_come_back, whole_tokens
 from minillm.errors import ConfigError, DataError
 from minillm.fileio import atomic_write
 from minillm.pretokenize import (
@@ -210,74 +209,18 @@ class BPETokenizer:
         return len(self._vocab)
 
     def _bpe(self, piece: bytes) -> tuple[int, ...]:
-        """Token ids of one pre-tokenized chunk: its bytes, then merges, lowest rank first.
+        """Token ids of one pre-tokenized chunk (step 4): its bytes, then the merges, lowest rank first.
 
-        The textbook loop (chapter 02) finds the adjacent pair with the lowest
-        merge rank, merges every occurrence of it in one left-to-right pass,
-        recomputes the ranks of all pairs and repeats. This makes the same merges
-        without the recomputing: ``ranks[i]`` is the rank of the pair
-        ``(ids[i], ids[i + 1])`` (``never`` if no merge makes it), and a merge looks
-        up only the ranks of the two pairs it creates, on either side of the new
-        token. The pass becomes: merge the leftmost occurrence, then the leftmost
-        remaining one, until none is left, and only then go on to the next lowest
-        rank. The result is the same because a new pair holds the new token, which
-        is longer than either of its parts, so it is never the pair being merged.
-        Sentinels (-1, in no pair) at both ends spare checks for the first and last
-        token. Pieces longer than ``_LONG_PIECE`` bytes go to :meth:`_bpe_long`: the
-        scans of ``ranks`` make this loop quadratic in the length of the piece.
+        :func:`~minillm.bpe_merges.merge_piece` on this tokenizer's merges, or for a
+        piece of more than ``_LONG_PIECE`` bytes :meth:`_bpe_long` (same result).
         """
         if len(piece) > _LONG_PIECE:
             return self._bpe_long(piece)
-        byte_ids, merged, get, never = self._byte_ids, self._merged, self._ranks.get, len(self.merges)
-        ids = [-1, *[byte_ids[b] for b in piece], -1]
-        ranks = [get(pair, never) for pair in zip(ids, ids[1:])]
-        rank = min(ranks)
-        while rank != never:
-            i = ranks.index(rank)  # the leftmost occurrence of the lowest-rank pair
-            token = merged[rank]
-            ids[i] = token
-            del ids[i + 1], ranks[i]
-            ranks[i - 1] = get((ids[i - 1], token), never)
-            ranks[i] = get((token, ids[i + 1]), never)
-            if rank not in ranks:  # every occurrence is merged: on to the next lowest rank
-                rank = min(ranks)
-        return tuple(ids[1:-1])
+        return merge_piece(piece, self._byte_ids, self._ranks, self._merged)
 
     def _bpe_long(self, piece: bytes) -> tuple[int, ...]:
-        """:meth:`_bpe` in O(n log n) for a piece of n bytes (a long number, a run of
-        spaces or symbols), with the same result.
-
-        The tokens form a linked list: ``after[i]`` and ``before[i]`` are the
-        positions of the next and the previous token, and ``ids[i]`` becomes None
-        once the token at ``i`` is merged into its left neighbour. A heap holds
-        ``(rank, position)`` for the pair starting at each position, so popping it
-        gives the lowest rank, at its positions from left to right; an entry whose
-        pair has been merged or changed since it was pushed is skipped. The pairs
-        that a merge creates are pushed only after every occurrence of the current
-        rank is merged, as in one pass of the textbook loop.
-        """
-        merged, get = self._merged, self._ranks.get
-        ids: list[int | None] = [self._byte_ids[b] for b in piece]
-        n = len(ids)
-        after, before = list(range(1, n + 1)), list(range(-1, n - 1))
-        heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := get(pair)) is not None]
-        heapq.heapify(heap)
-        while heap:
-            rank, changed = heap[0][0], []
-            while heap and heap[0][0] == rank:  # every occurrence of this pair, left to right
-                i = heapq.heappop(heap)[1]
-                j = after[i]
-                if ids[i] is None or j == n or get((ids[i], ids[j])) != rank:
-                    continue  # stale: merged away or changed since it was pushed
-                ids[i], ids[j] = merged[rank], None
-                after[i] = after[j]
-                if after[i] < n:
-                    before[after[i]] = i
-                changed += (before[i], i)  # the pairs left and right of the new token
-            for i in changed:
-                if i >= 0 and after[i] < n and (new := get((ids[i], ids[after[i]]))) is not None:
-                    heapq.heappush(heap, (new, i))
-        return tuple(t for t in ids if t is not None)
+        """:meth:`_bpe` in O(n log n) for a piece of n bytes: :func:`~minillm.bpe_merges.merge_long_piece`."""
+        return merge_long_piece(piece, self._byte_ids, self._ranks, self._merged)
 
     def pre_tokenize(self, text: str) -> list[str]:
         """The chunks of ``text`` (step 2 of encoding), e.g. ``["Hello", ",", " world"]``.

@@ -1,8 +1,8 @@
-"""The BPE merge algorithms on token ids (chapter 02): learning merges, and which tokens come back whole.
+"""The BPE merge algorithms on token ids (chapter 02): learning merges, applying them, which tokens come back.
 
 :class:`minillm.bpe.BPETokenizer` is a table ``id -> bytes``, a list of
 merges ``(left id, right id, merged id)`` in priority order and the special
-tokens. Two of its algorithms work on ids alone and need nothing else of the
+tokens. Its algorithms work on ids alone and need nothing else of the
 tokenizer, so they live here:
 
 * :func:`learn_merges`: training, the most frequent adjacent pair merged again
@@ -13,10 +13,10 @@ tokenizer, so they live here:
   into themselves, without running it on each, and :func:`whole_tokens`, the
   table of those that can be a chunk: a chunk that is such a token is encoded
   as that one id (the shortcut of
-  :meth:`minillm.bpe.BPETokenizer.encode_ordinary`).
-
-The merge loop itself (``BPETokenizer._bpe``, and ``_bpe_long`` for long
-pieces) stays with the tokenizer, whose merge ranks and cache it uses.
+  :meth:`minillm.bpe.BPETokenizer.encode_ordinary`);
+* :func:`merge_piece`: encoding's step 4 on one chunk, the merges applied lowest
+  rank first, and :func:`merge_long_piece`, the same with a heap for long chunks
+  (the tokenizer picks one by length and caches the result).
 """
 
 from __future__ import annotations
@@ -170,3 +170,79 @@ def whole_tokens(vocab: list[bytes], back: set[int] | None) -> dict[str, tuple[i
         except UnicodeDecodeError:
             pass
     return whole
+
+
+def merge_piece(piece: bytes, byte_ids: list[int], pair_rank: dict[tuple[int, int], int],
+                merged: list[int]) -> tuple[int, ...]:
+    """Token ids of one pre-tokenized chunk: its bytes, then merges, lowest rank first.
+
+    ``byte_ids[b]`` is the id of byte b, ``pair_rank`` maps a pair of ids to the
+    rank of its (first) merge and ``merged[rank]`` is the id that merge makes, as
+    in :class:`~minillm.bpe.BPETokenizer`.
+
+    The textbook loop (chapter 02) finds the adjacent pair with the lowest
+    merge rank, merges every occurrence of it in one left-to-right pass,
+    recomputes the ranks of all pairs and repeats. This makes the same merges
+    without the recomputing: ``ranks[i]`` is the rank of the pair
+    ``(ids[i], ids[i + 1])`` (``never`` if no merge makes it), and a merge looks
+    up only the ranks of the two pairs it creates, on either side of the new
+    token. The pass becomes: merge the leftmost occurrence, then the leftmost
+    remaining one, until none is left, and only then go on to the next lowest
+    rank. The result is the same because a new pair holds the new token, which
+    is longer than either of its parts, so it is never the pair being merged.
+    Sentinels (-1, in no pair) at both ends spare checks for the first and last
+    token. The scans of ``ranks`` make this loop quadratic in the length of the
+    piece: the tokenizer sends long pieces to :func:`merge_long_piece`.
+    """
+    get, never = pair_rank.get, len(merged)
+    ids = [-1, *[byte_ids[b] for b in piece], -1]
+    ranks = [get(pair, never) for pair in zip(ids, ids[1:])]
+    rank = min(ranks)
+    while rank != never:
+        i = ranks.index(rank)  # the leftmost occurrence of the lowest-rank pair
+        token = merged[rank]
+        ids[i] = token
+        del ids[i + 1], ranks[i]
+        ranks[i - 1] = get((ids[i - 1], token), never)
+        ranks[i] = get((token, ids[i + 1]), never)
+        if rank not in ranks:  # every occurrence is merged: on to the next lowest rank
+            rank = min(ranks)
+    return tuple(ids[1:-1])
+
+
+def merge_long_piece(piece: bytes, byte_ids: list[int], pair_rank: dict[tuple[int, int], int],
+                     merged: list[int]) -> tuple[int, ...]:
+    """:func:`merge_piece` in O(n log n) for a piece of n bytes (a long number, a run of
+    spaces or symbols), with the same result.
+
+    The tokens form a linked list: ``after[i]`` and ``before[i]`` are the
+    positions of the next and the previous token, and ``ids[i]`` becomes None
+    once the token at ``i`` is merged into its left neighbour. A heap holds
+    ``(rank, position)`` for the pair starting at each position, so popping it
+    gives the lowest rank, at its positions from left to right; an entry whose
+    pair has been merged or changed since it was pushed is skipped. The pairs
+    that a merge creates are pushed only after every occurrence of the current
+    rank is merged, as in one pass of the textbook loop.
+    """
+    get = pair_rank.get
+    ids: list[int | None] = [byte_ids[b] for b in piece]
+    n = len(ids)
+    after, before = list(range(1, n + 1)), list(range(-1, n - 1))
+    heap = [(rank, i) for i, pair in enumerate(zip(ids, ids[1:])) if (rank := get(pair)) is not None]
+    heapq.heapify(heap)
+    while heap:
+        rank, changed = heap[0][0], []
+        while heap and heap[0][0] == rank:  # every occurrence of this pair, left to right
+            i = heapq.heappop(heap)[1]
+            j = after[i]
+            if ids[i] is None or j == n or get((ids[i], ids[j])) != rank:
+                continue  # stale: merged away or changed since it was pushed
+            ids[i], ids[j] = merged[rank], None
+            after[i] = after[j]
+            if after[i] < n:
+                before[after[i]] = i
+            changed += (before[i], i)  # the pairs left and right of the new token
+        for i in changed:
+            if i >= 0 and after[i] < n and (new := get((ids[i], ids[after[i]]))) is not None:
+                heapq.heappush(heap, (new, i))
+    return tuple(t for t in ids if t is not None)
