@@ -15,7 +15,7 @@ module                what it is for                                            
 ``tokenizer_base``    the Tokenizer protocol and the checks every tokenizer makes  02
 ``bpe``               the byte-level BPE tokenizer (GPT-2 parity via tiktoken)     02
 ``pretokenize``       pre-tokenization regexes; token bytes written as text        02
-``bpe_merges``        learning BPE merges; which tokens encode to themselves       02
+``bpe_merges``        learning and applying BPE merges; tokens that come back      02
 ``tokens``            token shards on disk, train/val split, batches               02
 ``corpus``            text -> tokenizer -> token shards, prepared once             02, 05
 ``attention``         attention written out and fused, GQA, positions, KV cache    03
