@@ -52,7 +52,8 @@ module                what it is for                                            
 ``align``             alignment's shared pieces: response log-probs, rewards       E
 ``dpo``               preference tuning: the DPO loss and its training loop        E
 ``grpo``              RL with verifiable rewards: GRPO's groups, loss and loop     E
-``quantize``          int8/int4 weights: absmax, zero-point, groups, packed int4   B
+``qtensor``           one tensor as codes + scales: absmax, zero-point, int4 pairs B
+``quantize``          int8/int4 linear layers and models, model_bytes, save/load   B
 ``int8_matmul``       int8 x int8 (W8A8): the integer matmul and its kernels       B
 ``quantize_kv``       the KV cache as int8 codes with per-vector scales            B
 ``prune``             magnitude pruning, and heads and neurons removed for good    B

@@ -147,6 +147,22 @@ class Int8Kernel:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_prepared": None}  # a copy (or a pickle) packs its own weight
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the kernel's own copy of the weight: 0 until the first call.
+
+        CUDA: the padded transposed codes, exactly. fbgemm: its packed matrix holds
+        the out x in int8 codes plus, per output row, a scale, a zero point and a
+        column offset (4 bytes each); counted as that, without the padding its
+        blocked layout may add (fbgemm does not report its size).
+        """
+        if self._prepared is None:
+            return 0
+        backend, codes, weight = self._prepared[0], self._prepared[1], self._prepared[-1]
+        if backend == "int_mm":
+            return weight.numel() * weight.element_size()
+        return codes.numel() + 12 * codes.shape[0]
+
     @staticmethod
     def backend(device: torch.device) -> str:
         """The kernel for tensors on `device`: "int_mm" (CUDA), "fbgemm" (a CPU with it) or "reference"."""

@@ -29,7 +29,7 @@ import torch
 from minillm.attention import KVCache
 from minillm.errors import ConfigError
 from minillm.model import GPT
-from minillm.quantize import quantize_tensor
+from minillm.qtensor import quantize_tensor
 
 
 class Int8KVCache(KVCache):

@@ -27,10 +27,11 @@ LAYERS: dict[int, tuple[str, ...]] = {
     0: ("errors", "fileio", "device", "scaling", "sandbox"),  # utilities
     1: ("data", "tokenizer_base", "tokenizer", "bpe", "pretokenize", "bpe_merges", "tokens", "quality", "dedup", "pii", "curation", "tasks",
         "synthetic", "codedata"),  # data
-    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching"),  # model
+    2: ("attention", "layers", "model", "generate", "lora", "memory", "hf", "family", "masked_lm", "seq2seq", "batching",
+        "qtensor", "int8_matmul"),  # model
     3: ("config", "corpus"),  # configuration
     4: ("optim", "monitor", "distributed", "checkpoint", "strategy"),  # run state
-    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "int8_matmul", "quantize_kv", "prune", "distill", "speculative", "codeeval"),  # loops
+    5: ("train", "pretrained", "finetune", "classify", "instruct", "evaluate", "metrics", "harness", "skills", "family_tasks", "align", "dpo", "grpo", "quantize", "quantize_kv", "prune", "distill", "speculative", "codeeval"),  # loops
     6: ("cli", "bench", "diagrams", "exercises", "serve", "website", "__main__", "__init__"),  # applications
 }
 LAYER_OF = {unit: layer for layer, units in LAYERS.items() for unit in units}

@@ -336,6 +336,32 @@ def block_linears(model: nn.Module) -> dict[str, nn.Module]:
             QuantizedLinear))}  # fmt: skip
 
 
+@pytest.mark.parametrize("backend", ["fbgemm", "int_mm"])
+def test_model_bytes_counts_the_int8_kernels_copy_of_the_weights_once_it_exists(backend, monkeypatch):
+    if backend == "fbgemm" and not int8_matmul._fbgemm_engine():
+        pytest.skip("this CPU's quantized engine is not fbgemm")
+    monkeypatch.setattr(int8_matmul.Int8Kernel, "backend", staticmethod(lambda device: backend))
+    model = tiny_gpt()
+    w8a8, dequantized = quantize(model, 8, kernel="int8"), quantize(model, 8)
+    before = model_bytes(w8a8)
+    assert before == model_bytes(dequantized) and before["kernel_weights"] == 0  # nothing packed before a call
+    w8a8(TOKENS), dequantized(TOKENS)
+    after = model_bytes(w8a8)
+    shapes = [(m.out_features, m.in_features) for m in block_linears(w8a8).values()]
+    if backend == "int_mm":  # the codes transposed, both sides padded to multiples of 8
+        expected = sum((i + -i % 8) * (o + -o % 8) for o, i in shapes)
+    else:  # the int8 codes, plus a float scale, an int32 zero point and an int32 column offset per output row
+        expected = sum(o * i + 12 * o for o, i in shapes)
+    assert after["kernel_weights"] == expected > 0
+    assert after["total"] == before["total"] + expected
+    assert model_bytes(dequantized) == before  # the dequantizing layers hold no second copy
+    w8a8(TOKENS)
+    assert model_bytes(w8a8) == after  # packed once, not once per call
+    for m in block_linears(w8a8).values():
+        m.kernel = "dequantize"  # drops the packed copy
+    assert model_bytes(w8a8)["kernel_weights"] == 0
+
+
 @pytest.mark.parametrize("kw", [{}, {"norm": "rmsnorm", "mlp": "swiglu", "positions": "rope", "bias": False}])
 def test_quantize_gpt(kw):
     model = tiny_gpt(**kw)
