@@ -6,7 +6,9 @@ larger settings' keys, labels written for the book model. This runs the
 notebook's code cells in order, in this process, with three changes (each
 checked to apply): the device is the CPU; `GPT.from_pretrained("gpt2")` loads
 a small random GPT-2 that `transformers` saved in a temporary folder (six
-blocks of width 128, 128 positions); and the sizes shrink (`TINY`). Every
+blocks of width 128, 128 positions); and the sizes shrink (`TINY`). On a
+machine with a GPU, `.ci/gpu-check` runs the same with MINILLM_TEST_DEVICE=cuda
+and MINILLM_TEST_GPT2=124m (GPT-2 124M's own shape, random weights). Every
 `assert` of the notebook becomes a recorded claim, evaluated where it stands.
 The claims that hold for any model (the inline code equals the package's,
 exact reloads, speculative greedy output, byte counts) must hold; the claims
@@ -21,8 +23,11 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -30,7 +35,12 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "appendix" / "B_inference_compr
 TINY = dict(windows=8, new_tokens=8, repeats=1, functions=3, function_tokens=16, distill_steps=5, distill_batch=4,
             recover_steps=3, spec_tokens=16, importance_batches=2, train_chars=40_000, cache_windows=4,
             seeds=(0, 1))
-GPT2_SHAPE = dict(vocab_size=50257, n_positions=128, n_embd=128, n_layer=6, n_head=4)
+GPT2_SHAPES = {"small": dict(vocab_size=50257, n_positions=128, n_embd=128, n_layer=6, n_head=4),
+               "124m": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)}
+GPT2_SHAPE = GPT2_SHAPES[os.environ.get("MINILLM_TEST_GPT2", "small")]
+DEVICE = os.environ.get("MINILLM_TEST_DEVICE", "cpu")  # "cuda" on a GPU machine (.ci/gpu-check)
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("MINILLM_TEST_DEVICE=cuda needs a CUDA device", allow_module_level=True)
 # The notebook's claims about quality: true of the trained book model, not of a random one. Each prefix must
 # still start a claim of the notebook (so that this list cannot go stale); every other claim must hold.
 QUALITY = (
@@ -75,12 +85,17 @@ def run(tmp_path_factory):
     changed, out = set(), io.StringIO()
     old_scale, threads = os.environ.get("MINILLM_BOOK_SCALE"), torch.get_num_threads()
     os.environ["MINILLM_BOOK_SCALE"] = "gpu"
+    # the notebook sets matplotlib's rcParams (dpi), warning filters and torch's threads for the whole process:
+    # all put back after, so that the tests that run next in this worker (the figures' SVGs) see none of it
+    restore = contextlib.ExitStack()
+    restore.enter_context(matplotlib.rc_context())
+    restore.enter_context(warnings.catch_warnings())
     try:
         for i, source in enumerate(cells):
             source = "\n".join(line for line in source.split("\n") if not line.startswith("%"))  # %matplotlib
             if 'DEVICE = "cuda" if SCALE' in source:
                 source = _replace(source, 'if SCALE == "gpu" and not torch.cuda.is_available():', "if False:")
-                source = _replace(source, 'DEVICE = "cuda" if SCALE == "gpu" else "cpu"', 'DEVICE = "cpu"')
+                source = _replace(source, 'DEVICE = "cuda" if SCALE == "gpu" else "cpu"', f"DEVICE = {DEVICE!r}")
                 source += "\n_GPU_S = dict(S)\nS.update(_TINY)"
                 changed.add("settings")
             if 'GPT.from_pretrained("gpt2")' in source:
@@ -90,15 +105,17 @@ def run(tmp_path_factory):
             with contextlib.redirect_stdout(out):
                 exec(compile(tree, f"<appendix B, code cell {i}>", "exec"), ns)  # noqa: S102
     finally:
-        import matplotlib.pyplot as plt
-
         plt.close("all")
+        restore.close()
         torch.set_num_threads(threads)
         if old_scale is None:
             os.environ.pop("MINILLM_BOOK_SCALE")
         else:
             os.environ["MINILLM_BOOK_SCALE"] = old_scale
     assert changed == {"settings", "model"}
+    if DEVICE == "cuda":
+        print(f"appendix B, GPU setting on {torch.cuda.get_device_name()}: peak memory "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB; {ns['SECONDS']}")
     return ns, claims, out.getvalue()
 
 
@@ -126,10 +143,11 @@ def test_the_claims_that_hold_for_any_model_hold(run):
 @pytest.mark.slow
 def test_labels_follow_the_model(run):
     ns, _, output = run
-    assert ns["STUDENT"] == "3-block student" and ns["NAME"] == "GPT-2 124M"
-    assert "teacher (GPT-2 124M)" in output and "distilled 3-block student" in output
+    student = f"{len(range(0, GPT2_SHAPE['n_layer'], 2))}-block student"  # every other block: 3 of 6
+    assert ns["STUDENT"] == student and ns["NAME"] == "GPT-2 124M"
+    assert "teacher (GPT-2 124M)" in output and f"distilled {student}" in output
     assert "2-block" not in output and "book model" not in output
-    assert "book model" not in "".join(ns["STUDENTS"]) and all("3-block" in n for n in ns["rows"] if "student" in n)
+    assert "book model" not in "".join(ns["STUDENTS"]) and all(student in n for n in ns["rows"] if "student" in n)
 
 
 @pytest.mark.slow
