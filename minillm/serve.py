@@ -360,6 +360,21 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
     from fastapi import FastAPI, Request as HTTPRequest
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+    class ClosingStreamingResponse(StreamingResponse):
+        """A stream that closes its body generator as soon as sending ends, also when the client went away.
+
+        Starlette stops iterating when a send fails (the client disconnected) but
+        leaves the generator to the garbage collector, so its `finally`, which
+        frees the request's slots, ran up to seconds later (measured: 0.03 s to
+        1.6 s after the client closed). Closing it here frees them at once.
+        """
+
+        async def stream_response(self, send: Any) -> None:
+            try:
+                await super().stream_response(send)
+            finally:
+                await self.body_iterator.aclose()
+
     config = config or ServeConfig()
     server = Server(model, tokenizer, config)
 
@@ -447,19 +462,20 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
                 if chat:
                     for i in range(len(handles)):
                         yield chunk(i, None, None, first=True)
-                async for i, event in _events(handles):
-                    if event[0] == "text":
-                        yield chunk(i, event[1], None)
-                    elif event[0] == "error":
-                        yield _sse(APIError(503, event[1], type="server_error").body())
-                        return
-                    else:
-                        produced += event[2]
-                        try:
-                            yield chunk(i, None, _ended(event[1], config.request_timeout))
-                        except APIError as err:
-                            yield _sse(err.body())
+                async with contextlib.aclosing(_events(handles)) as events:  # its tasks end with this stream
+                    async for i, event in events:
+                        if event[0] == "text":
+                            yield chunk(i, event[1], None)
+                        elif event[0] == "error":
+                            yield _sse(APIError(503, event[1], type="server_error").body())
                             return
+                        else:
+                            produced += event[2]
+                            try:
+                                yield chunk(i, None, _ended(event[1], config.request_timeout))
+                            except APIError as err:
+                                yield _sse(err.body())
+                                return
                 if include_usage:
                     yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, produced)})
                 yield _sse("[DONE]")
@@ -467,8 +483,8 @@ def create_app(model: GPT, tokenizer: Tokenizer, config: ServeConfig | None = No
                 for handle in handles:  # the client went away (or we are done): free every slot
                     handle.cancel()
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+        return ClosingStreamingResponse(sse(), media_type="text/event-stream",
+                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest) -> Any:
